@@ -1,0 +1,231 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/mcsession/mcsession/codec"
+	"github.com/mcsession/mcsession/replica"
+)
+
+// Load returns the session with the given id.
+//
+// It reads the primary copy from the node named in the id. When that node
+// answers "miss" but the backup copy exists (the node restarted empty), the
+// session is restored to the primary under the same id. When the primary
+// node is down, the backup copy is read and the session is relocated: it
+// gets the id of the same random part with the backup node's suffix
+// (Session.ID changes, Session.PreviousID tells the old one), is written as
+// primary there and gets a new backup.
+//
+// Load returns ErrNotFound for an id that does not parse, names an unknown
+// node, is unknown, expired or corrupt: no memcached call is made for an id
+// that does not parse. It returns ErrUnavailable when no node that could
+// hold the session answered.
+func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
+	base, node, ok := st.parse(id)
+	if !ok {
+		return nil, ErrNotFound
+	}
+	key, bkey, _ := st.Keys(id)
+	it, err := st.cluster.Get(ctx, node, key)
+	switch {
+	case err == nil:
+		s, derr := st.decode(id, it)
+		if derr != nil {
+			return nil, derr
+		}
+		st.stats.loads.Add(1)
+		return s, nil
+	case errors.Is(err, replica.ErrMiss):
+		return st.restore(ctx, id, node, key, bkey)
+	case errors.Is(err, replica.ErrNodeDown):
+		return st.relocate(ctx, id, base, node, bkey, err)
+	default:
+		return nil, fmt.Errorf("store: load %s: %w", id, err)
+	}
+}
+
+// decode turns a stored item into a session; corrupt or expired records
+// give ErrNotFound.
+func (st *Store) decode(id string, it *memcache.Item) (*Session, error) {
+	rec, err := codec.DecodeRecord(st.codec, it.Value)
+	if err != nil {
+		st.stats.corrupt.Add(1)
+		st.log.Error("corrupt session record in memcached: treated as not found", "key", it.Key, "err", err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrNotFound, id, err)
+	}
+	if !rec.Deadline.IsZero() && !time.Now().Before(rec.Deadline) {
+		return nil, fmt.Errorf("%w: %s: past its absolute lifetime", ErrNotFound, id)
+	}
+	attrs := rec.Attrs
+	if attrs == nil {
+		attrs = make(map[string][]byte)
+	}
+	return &Session{
+		codec: st.codec, id: id, created: rec.Created, deadline: rec.Deadline,
+		idle: rec.IdleTimeout, version: rec.Version, attrs: attrs, casID: it.CasID,
+	}, nil
+}
+
+// findBackup reads the backup copy of a session whose primary is node from
+// the nodes after it in list order, skipping the ones whose breaker is
+// open. It returns the node that had it, ErrNotFound when every reachable
+// candidate missed, and ErrUnavailable when none answered.
+func (st *Store) findBackup(ctx context.Context, id, node, bkey string) (*Session, string, error) {
+	answered := false
+	var lastErr error
+	for _, cand := range st.cluster.BackupCandidates(node) {
+		if !st.cluster.Healthy(cand) {
+			continue
+		}
+		it, err := st.cluster.Get(ctx, cand, bkey)
+		if errors.Is(err, replica.ErrMiss) {
+			answered = true
+			continue
+		}
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		s, err := st.decode(id, it)
+		if err != nil {
+			return nil, "", err
+		}
+		s.casID = 0 // the CAS id of the backup copy means nothing on the primary
+		return s, cand, nil
+	}
+	if answered || lastErr == nil {
+		return nil, "", fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return nil, "", fmt.Errorf("%w: backup of %s: %w", ErrUnavailable, id, lastErr)
+}
+
+// restore handles a primary that answered "miss": when a backup copy
+// exists, it is written back to the primary under the same id.
+func (st *Store) restore(ctx context.Context, id, node, key, bkey string) (*Session, error) {
+	s, _, err := st.findBackup(ctx, id, node, bkey)
+	if err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			// The primary answered miss and no backup could be read: the
+			// session is not there as far as anyone can tell.
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return nil, err
+	}
+	if err := st.putPrimary(ctx, s, node, key); err != nil {
+		return nil, fmt.Errorf("store: restore %s: %w", id, err)
+	}
+	st.stats.restores.Add(1)
+	st.stats.loads.Add(1)
+	st.log.Info("session restored from backup to its primary", "id", id, "node", node)
+	return s, nil
+}
+
+// relocate handles a primary that is down: the backup copy becomes the
+// primary copy of id base-<backup node>, with a new backup.
+func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, cause error) (*Session, error) {
+	s, from, err := st.findBackup(ctx, id, node, bkey)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			// The primary did not answer, so a missing backup does not prove
+			// the session is gone; but nothing can be read either way.
+			st.log.Warn("primary down and no backup copy found", "id", id, "cause", cause)
+		}
+		return nil, err
+	}
+	if err := st.moveTo(ctx, s, base, node, from); err != nil {
+		return nil, fmt.Errorf("store: relocate %s to %s: %w", id, from, err)
+	}
+	st.stats.loads.Add(1)
+	st.log.Warn("session relocated after its primary failed", "from", id, "to", s.ID(), "cause", cause)
+	return s, nil
+}
+
+// moveTo makes the copy of s on node target the primary copy of the id
+// base-<target>, after node dead failed: it writes s there (higher version
+// wins), writes a backup copy on the next healthy node other than dead,
+// and deletes the old backup key on target. On return s has its new id.
+func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target string) error {
+	oldID := s.ID()
+	newID := makeID(base, target)
+	newKey, newBkey, _ := st.Keys(newID)
+	_, oldBkey, _ := st.Keys(oldID)
+	s.mu.Lock()
+	s.id = newID
+	if s.oldID == "" {
+		s.oldID = oldID
+	}
+	s.mu.Unlock()
+	if err := st.putPrimary(ctx, s, target, newKey); err != nil {
+		return err
+	}
+	if b := st.cluster.BackupOf(target, dead); b != "" {
+		raw, _, _, err := s.encode(0)
+		if exp, ok := s.exptime(); ok && err == nil {
+			if err := st.cluster.Set(ctx, b, &memcache.Item{Key: newBkey, Value: raw, Expiration: exp}); err != nil {
+				st.stats.backupFailures.Add(1)
+				st.log.Warn("backup write failed", "id", newID, "node", b, "err", err)
+			}
+		}
+	}
+	_ = st.cluster.Delete(ctx, target, oldBkey) // its content is now the primary copy
+	st.stats.relocations.Add(1)
+	return nil
+}
+
+// putPrimary writes s (as loaded, same version) as the primary copy under
+// key on node with add. When a copy is there already (a concurrent request
+// restored or relocated it first, or a node came back with an old copy),
+// the higher version wins: a lower stored version is replaced with cas, an
+// equal or higher one is loaded instead. On return s carries the CAS id of
+// the primary copy.
+func (st *Store) putPrimary(ctx context.Context, s *Session, node, key string) error {
+	exp, ok := s.exptime()
+	if !ok {
+		return ErrNotFound
+	}
+	raw, version, _, err := s.encode(0)
+	if err != nil {
+		return err
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		err := st.cluster.Add(ctx, node, &memcache.Item{Key: key, Value: raw, Expiration: exp})
+		if err != nil && !errors.Is(err, replica.ErrNotStored) {
+			return err
+		}
+		it, gerr := st.cluster.Get(ctx, node, key)
+		if errors.Is(gerr, replica.ErrMiss) {
+			continue // expired between add and get: add again
+		}
+		if gerr != nil {
+			return gerr
+		}
+		if err == nil {
+			s.setCAS(it.CasID)
+			return nil
+		}
+		there, derr := codec.DecodeRecord(st.codec, it.Value)
+		if derr == nil && there.Version >= version {
+			cur, derr := st.decode(key, it)
+			if derr != nil {
+				return derr
+			}
+			s.adopt(cur)
+			return nil
+		}
+		// Older or corrupt copy: replace it if nobody changed it meanwhile.
+		cerr := st.cluster.CompareAndSwap(ctx, node, &memcache.Item{Key: key, Value: raw, Expiration: exp, CasID: it.CasID})
+		if cerr == nil {
+			s.setCAS(0)
+			return nil
+		}
+		if !errors.Is(cerr, replica.ErrCASConflict) && !errors.Is(cerr, replica.ErrMiss) {
+			return cerr
+		}
+	}
+	return fmt.Errorf("%w: %s kept changing while being restored", ErrConflict, key)
+}

@@ -1,0 +1,160 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/mcsession/mcsession/lock"
+	"github.com/mcsession/mcsession/replica"
+)
+
+// heldLock is the lock a session holds.
+type heldLock struct {
+	lk *lock.Lock
+}
+
+func (h *heldLock) release(ctx context.Context) error {
+	return h.lk.Release(context.WithoutCancel(ctx))
+}
+
+// Locker returns the store's lock manager (for its metrics and settings).
+func (st *Store) Locker() *lock.Locker { return st.locker }
+
+// LoadLocked takes the session's lock and loads it, as one call: an add
+// of the lock key on the session's primary node, then a single "gets" of
+// the lock and the session. It waits for a lock held by another request
+// (see lock.Config) and returns an error wrapping lock.ErrLockTimeout when
+// it stays held. When the primary is down, the session is relocated first
+// and locked on its new primary. On ErrNotFound no lock is held.
+//
+// Release the lock with SaveAndRelease or Release.
+func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
+	_, node, ok := st.parse(id)
+	if !ok {
+		return nil, ErrNotFound
+	}
+	key, bkey, lkey := st.Keys(id)
+	lk, items, err := st.locker.AcquireAndGet(ctx, node, lkey, key)
+	if errors.Is(err, replica.ErrNodeDown) {
+		// Relocate (unlocked), then lock the session where it now lives.
+		s, err := st.Load(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := st.Lock(ctx, s); err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: lock %s: %w", id, err)
+	}
+	var s *Session
+	if it, found := items[key]; found {
+		s, err = st.decode(id, it)
+		if err == nil {
+			st.stats.loads.Add(1)
+		}
+	} else {
+		s, err = st.restore(ctx, id, node, key, bkey)
+	}
+	if err != nil {
+		_ = lk.Release(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	s.lock = &heldLock{lk: lk}
+	return s, nil
+}
+
+// Lock takes the lock of an already loaded session mid-request and reloads
+// it under the lock, so the caller sees the latest data (changes made to s
+// before are discarded). A session that holds its lock already, or a new
+// session, is left as it is.
+func (st *Store) Lock(ctx context.Context, s *Session) error {
+	s.mu.Lock()
+	id, isNew, held := s.id, s.isNew, s.lock != nil
+	s.mu.Unlock()
+	if isNew || held {
+		return nil
+	}
+	_, node, ok := st.parse(id)
+	if !ok {
+		return ErrNotFound
+	}
+	key, _, lkey := st.Keys(id)
+	lk, items, err := st.locker.AcquireAndGet(ctx, node, lkey, key)
+	if err != nil {
+		return fmt.Errorf("store: lock %s: %w", id, err)
+	}
+	it, found := items[key]
+	if !found {
+		_ = lk.Release(context.WithoutCancel(ctx))
+		return fmt.Errorf("%w: %s vanished before it was locked", ErrNotFound, id)
+	}
+	cur, err := st.decode(id, it)
+	if err != nil {
+		_ = lk.Release(context.WithoutCancel(ctx))
+		return err
+	}
+	s.adopt(cur)
+	s.mu.Lock()
+	s.saved = s.changes
+	s.lock = &heldLock{lk: lk}
+	s.mu.Unlock()
+	return nil
+}
+
+// Locked reports whether s holds its lock.
+func (s *Session) Locked() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lock != nil
+}
+
+// Release releases the session's lock, if it holds one, without saving.
+// It returns an error wrapping lock.ErrLost when the lock had expired and
+// was taken by someone else meanwhile (nothing is deleted then).
+func (st *Store) Release(ctx context.Context, s *Session) error {
+	s.mu.Lock()
+	h := s.lock
+	s.lock = nil
+	s.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	return h.release(ctx)
+}
+
+// SaveAndRelease saves s (when modified) and then releases its lock, as
+// one call. The lock is released even when the save fails; the save's
+// error comes first.
+func (st *Store) SaveAndRelease(ctx context.Context, s *Session) error {
+	saveErr := st.Save(ctx, s)
+	relErr := st.Release(ctx, s)
+	if saveErr != nil {
+		return saveErr
+	}
+	if relErr != nil {
+		return fmt.Errorf("store: release %s: %w", s.ID(), relErr)
+	}
+	return nil
+}
+
+// Destroy deletes every item of s (see Delete) and then drops its lock;
+// a later Save of s returns ErrDestroyed. The lock is dropped after the
+// delete so that no waiting request can load the session in between.
+func (st *Store) Destroy(ctx context.Context, s *Session) error {
+	s.mu.Lock()
+	id, isNew := s.id, s.isNew
+	s.destroyed = true
+	s.mu.Unlock()
+	var err error
+	if !isNew {
+		err = st.Delete(ctx, id)
+	}
+	if rerr := st.Release(ctx, s); rerr != nil && !errors.Is(rerr, lock.ErrLost) {
+		err = errors.Join(err, rerr)
+	}
+	return err
+}

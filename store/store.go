@@ -1,0 +1,238 @@
+// Package store keeps sessions in a replicated memcached cluster: it makes
+// ids, loads sessions with fallback to the backup copy (restoring a node
+// that restarted empty, relocating a session whose node died), saves only
+// what changed with CAS guards, refreshes idle timeouts, renews ids and
+// deletes every copy.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/mcsession/mcsession/codec"
+	"github.com/mcsession/mcsession/lock"
+	"github.com/mcsession/mcsession/replica"
+)
+
+// Defaults for Config fields left at their zero value.
+const (
+	// DefaultIdleTimeout is how long a session lives without requests.
+	DefaultIdleTimeout = 30 * time.Minute
+	// DefaultLifetime is the absolute lifetime of a session.
+	DefaultLifetime = 24 * time.Hour
+	// DefaultMaxSize bounds an encoded session: 1000 KiB, just under
+	// memcached's default item size limit of 1 MiB (which also holds the
+	// key and the item header).
+	DefaultMaxSize = 1000 * 1024
+)
+
+var (
+	// ErrNotFound is returned by Load for an id that does not parse, names
+	// an unknown node, is unknown to memcached, has expired or whose stored
+	// bytes are corrupt. Callers start a fresh session.
+	ErrNotFound = errors.New("store: session not found")
+	// ErrUnavailable is returned when the nodes that could hold a session
+	// did not answer, so it is unknown whether the session exists.
+	ErrUnavailable = errors.New("store: memcached unavailable")
+	// ErrConflict is returned by Save when the session was written by
+	// someone else since it was loaded; the newer value is kept.
+	ErrConflict = errors.New("store: session changed concurrently")
+	// ErrTooLarge is returned by Save when the encoded session exceeds
+	// Config.MaxSize; the stored copy is left as it was.
+	ErrTooLarge = errors.New("store: session too large")
+	// ErrExpired is returned by Save for a session past its absolute deadline.
+	ErrExpired = errors.New("store: session expired")
+	// ErrDestroyed is returned by Save for a session that was deleted.
+	ErrDestroyed = errors.New("store: session destroyed")
+)
+
+// Config configures a Store. Only Cluster is required.
+type Config struct {
+	// Cluster is the memcached cluster that holds the sessions.
+	Cluster *replica.Cluster
+	// Codec encodes attribute values. Default codec.NewCBOR().
+	Codec codec.Codec
+	// KeyPrefix is put before every memcached key, so that several
+	// applications can share a cluster. Default "". At most 64 printable
+	// ASCII characters without spaces.
+	KeyPrefix string
+	// IdleTimeout is how long a session lives without requests; it is the
+	// memcached TTL of the session's items. Default DefaultIdleTimeout (30 min).
+	IdleTimeout time.Duration
+	// Lifetime is the absolute lifetime of a session from its creation.
+	// Default DefaultLifetime (24 h).
+	Lifetime time.Duration
+	// MaxSize is the largest encoded session Save writes. Default
+	// DefaultMaxSize (1000 KiB); raise it only with memcached's -I.
+	MaxSize int
+	// Lock configures the per-session lock (see package lock for defaults).
+	Lock lock.Config
+	// Logger receives corrupt records, failed backup writes, restores and
+	// relocations. Default: logs are discarded.
+	Logger *slog.Logger
+}
+
+// Store loads and saves sessions. It is safe for concurrent use; create
+// one per application and share it.
+type Store struct {
+	cluster *replica.Cluster
+	codec   codec.Codec
+	prefix  string
+	idle    time.Duration
+	life    time.Duration
+	maxSize int
+	locker  *lock.Locker
+	log     *slog.Logger
+	stats   counters
+}
+
+// counters are the store's event counts.
+type counters struct {
+	loads, saves, skipped, touches, conflicts, restores, relocations, corrupt, backupFailures atomic.Uint64
+}
+
+// Stats is a snapshot of a Store's event counts since it was created.
+type Stats struct {
+	// Loads counts sessions found by Load.
+	Loads uint64
+	// Saves counts writes of a session body.
+	Saves uint64
+	// SkippedSaves counts saves of unchanged sessions that wrote nothing.
+	SkippedSaves uint64
+	// Touches counts idle-timeout refreshes.
+	Touches uint64
+	// Conflicts counts saves refused with ErrConflict.
+	Conflicts uint64
+	// Restores counts sessions copied back from the backup to a primary
+	// that had restarted empty.
+	Restores uint64
+	// Relocations counts sessions moved to a new primary after a node failure.
+	Relocations uint64
+	// Corrupt counts stored records that did not decode.
+	Corrupt uint64
+	// BackupFailures counts backup writes that failed.
+	BackupFailures uint64
+}
+
+// New builds a Store from cfg.
+func New(cfg Config) (*Store, error) {
+	if cfg.Cluster == nil {
+		return nil, errors.New("store: Config.Cluster is required")
+	}
+	if !validPrefix(cfg.KeyPrefix) {
+		return nil, fmt.Errorf("store: key prefix %q must be at most 64 printable ASCII characters without spaces", cfg.KeyPrefix)
+	}
+	if cfg.Codec == nil {
+		cfg.Codec = codec.NewCBOR()
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.Lifetime <= 0 {
+		cfg.Lifetime = DefaultLifetime
+	}
+	if cfg.MaxSize <= 0 {
+		cfg.MaxSize = DefaultMaxSize
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	locker, err := lock.New(cfg.Cluster, cfg.Lock)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return &Store{
+		cluster: cfg.Cluster, codec: cfg.Codec, prefix: cfg.KeyPrefix,
+		idle: cfg.IdleTimeout, life: cfg.Lifetime, maxSize: cfg.MaxSize,
+		locker: locker, log: cfg.Logger,
+	}, nil
+}
+
+func validPrefix(p string) bool {
+	if len(p) > 64 {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] <= ' ' || p[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// Cluster returns the cluster the store writes to.
+func (st *Store) Cluster() *replica.Cluster { return st.cluster }
+
+// Stats returns the store's event counts.
+func (st *Store) Stats() Stats {
+	c := &st.stats
+	return Stats{
+		Loads: c.loads.Load(), Saves: c.saves.Load(), SkippedSaves: c.skipped.Load(),
+		Touches: c.touches.Load(), Conflicts: c.conflicts.Load(), Restores: c.restores.Load(),
+		Relocations: c.relocations.Load(), Corrupt: c.corrupt.Load(), BackupFailures: c.backupFailures.Load(),
+	}
+}
+
+// Keys returns the memcached keys of session id: the primary copy, the
+// backup copy and the lock, each with the key prefix.
+func (st *Store) Keys(id string) (session, backup, lockKey string) {
+	return st.prefix + id, st.prefix + "bak:" + id, st.prefix + "lock:" + id
+}
+
+// Placement returns the node that holds the primary copy of session id
+// and the node its next save writes the backup copy to ("" when no other
+// node is healthy). ok is false for an id that does not parse or names an
+// unknown node.
+func (st *Store) Placement(id string) (primary, backup string, ok bool) {
+	_, node, ok := st.parse(id)
+	if !ok {
+		return "", "", false
+	}
+	return node, st.cluster.BackupOf(node), true
+}
+
+// parse validates id and checks that its node is configured.
+func (st *Store) parse(id string) (base, node string, ok bool) {
+	base, node, ok = splitID(id)
+	if !ok || !st.cluster.Has(node) {
+		return "", "", false
+	}
+	return base, node, true
+}
+
+// New returns a new, unsaved session with a fresh id on a healthy node.
+// Nothing is written until Save. It fails with ErrUnavailable when every
+// node's breaker is open.
+func (st *Store) New(ctx context.Context) (*Session, error) {
+	node, err := st.cluster.PickNew()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	now := time.Now()
+	return &Session{
+		codec:    st.codec,
+		id:       makeID(newIDBase(), node),
+		created:  now,
+		deadline: now.Add(st.life),
+		idle:     st.idle,
+		isNew:    true,
+	}, nil
+}
+
+// ttl returns the memcached exptime for a session: its idle timeout,
+// shortened to its absolute deadline. ok is false once the deadline passed.
+func ttl(idle time.Duration, deadline, now time.Time) (int32, bool) {
+	d := idle
+	if !deadline.IsZero() {
+		left := deadline.Sub(now)
+		if left <= 0 {
+			return 0, false
+		}
+		d = min(d, left)
+	}
+	return replica.Expiration(d, now), true
+}
