@@ -98,8 +98,11 @@ func (st *Store) findBackup(ctx context.Context, id, node, bkey string) (*Sessio
 		s.casID = 0 // the CAS id of the backup copy means nothing on the primary
 		return s, cand, nil
 	}
-	if answered || lastErr == nil {
+	if answered {
 		return nil, "", fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if lastErr == nil {
+		lastErr = replica.ErrNoHealthyNode
 	}
 	return nil, "", fmt.Errorf("%w: backup of %s: %w", ErrUnavailable, id, lastErr)
 }
