@@ -1,0 +1,198 @@
+package replica_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mcsession/mcsession/integration/mcproc"
+	"github.com/mcsession/mcsession/replica"
+)
+
+func TestParseNodes(t *testing.T) {
+	tests := []struct {
+		name, spec string
+		want       []replica.Node
+		wantErr    string
+	}{
+		{name: "two", spec: "n1=127.0.0.1:11211,n2=127.0.0.1:11212",
+			want: []replica.Node{{ID: "n1", Addr: "127.0.0.1:11211"}, {ID: "n2", Addr: "127.0.0.1:11212"}}},
+		{name: "spaces", spec: " a = localhost:1 , b_2=[::1]:2 ",
+			want: []replica.Node{{ID: "a", Addr: "localhost:1"}, {ID: "b_2", Addr: "[::1]:2"}}},
+		{name: "empty", spec: "  ", wantErr: "empty"},
+		{name: "no equals", spec: "127.0.0.1:11211", wantErr: "not id=host:port"},
+		{name: "empty entry", spec: "n1=127.0.0.1:1,", wantErr: "not id=host:port"},
+		{name: "empty id", spec: "=127.0.0.1:1", wantErr: "node id"},
+		{name: "dash in id", spec: "n-1=127.0.0.1:1", wantErr: "node id"},
+		{name: "long id", spec: "n12345678901234567=127.0.0.1:1", wantErr: "node id"},
+		{name: "no port", spec: "n1=127.0.0.1", wantErr: "not host:port"},
+		{name: "bad port", spec: "n1=127.0.0.1:99999", wantErr: "bad port"},
+		{name: "no host", spec: "n1=:11211", wantErr: "not host:port"},
+		{name: "duplicate id", spec: "n1=127.0.0.1:1,n1=127.0.0.1:2", wantErr: "given twice"},
+		{name: "duplicate addr", spec: "n1=127.0.0.1:1,n2=127.0.0.1:1", wantErr: "given twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := replica.ParseNodes(tt.spec)
+			if tt.wantErr != "" {
+				require.ErrorIs(t, err, replica.ErrBadNodeList)
+				require.ErrorContains(t, err, tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.want, got)
+		})
+	}
+	_, err := replica.New(replica.Config{})
+	require.ErrorIs(t, err, replica.ErrBadNodeList)
+}
+
+func TestExpiration(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	tests := []struct {
+		ttl  time.Duration
+		want int32
+	}{
+		{0, -1},
+		{-time.Second, -1},
+		{time.Millisecond, 1},
+		{1200 * time.Millisecond, 2},
+		{30 * time.Minute, 1800},
+		{30 * 24 * time.Hour, 2_592_000},
+		{30*24*time.Hour + time.Second, int32(now.Unix()) + 2_592_001},
+		{31 * 24 * time.Hour, int32(now.Unix()) + 31*24*3600},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.want, replica.Expiration(tt.ttl, now), "ttl %v", tt.ttl)
+		require.NotZero(t, replica.Expiration(tt.ttl, now), "never 0 (= never expires)")
+	}
+}
+
+func newCluster(t *testing.T, c *mcproc.Cluster) *replica.Cluster {
+	t.Helper()
+	nodes, err := replica.ParseNodes(c.Spec())
+	require.NoError(t, err)
+	cl, err := replica.New(replica.Config{Nodes: nodes, Timeout: 300 * time.Millisecond, OpenTimeout: 400 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
+func TestAnswersDoNotTripTheBreaker(t *testing.T) {
+	c := mcproc.NewCluster(t, 1)
+	cl := newCluster(t, c)
+	ctx := context.Background()
+	for range 10 {
+		_, err := cl.Get(ctx, "n1", "missing")
+		require.ErrorIs(t, err, replica.ErrMiss)
+	}
+	require.NoError(t, cl.Add(ctx, "n1", &memcache.Item{Key: "k", Value: []byte("v"), Expiration: 60}))
+	for range 5 {
+		require.ErrorIs(t, cl.Add(ctx, "n1", &memcache.Item{Key: "k", Value: []byte("v")}), replica.ErrNotStored)
+		require.ErrorIs(t, cl.CompareAndSwap(ctx, "n1", &memcache.Item{Key: "k", Value: []byte("v"), CasID: 1 << 40}), replica.ErrCASConflict)
+	}
+	st := cl.Status()[0]
+	require.Equal(t, "closed", st.State)
+	require.Zero(t, st.ConsecutiveFailures)
+	_, err := cl.Get(ctx, "n9", "k")
+	require.ErrorIs(t, err, replica.ErrUnknownNode)
+}
+
+func TestBreakerOpensAndPlacementSkipsDeadNode(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	cl := newCluster(t, c)
+	ctx := context.Background()
+	require.Equal(t, "n2", cl.BackupOf("n1"))
+	require.Equal(t, "n1", cl.BackupOf("n3"))
+	require.Equal(t, []string{"n3", "n1"}, cl.BackupCandidates("n2"))
+
+	require.NoError(t, c.Node("n2").Kill())
+	for range replica.DefaultFailureThreshold {
+		_, err := cl.Get(ctx, "n2", "k")
+		require.ErrorIs(t, err, replica.ErrNodeDown)
+	}
+	require.False(t, cl.Healthy("n2"))
+	require.Equal(t, "open", cl.Status()[1].State)
+	_, err := cl.Get(ctx, "n2", "k")
+	require.ErrorIs(t, err, replica.ErrNodeDown, "an open breaker fails fast")
+	require.Equal(t, "n3", cl.BackupOf("n1"), "backup skips the dead node")
+	require.Equal(t, "n3", cl.BackupOf("n1", "n9"))
+	require.Equal(t, "", cl.BackupOf("n1", "n3"))
+	for range 10 {
+		id, err := cl.PickNew()
+		require.NoError(t, err)
+		require.NotEqual(t, "n2", id)
+	}
+
+	// Restarted: after OpenTimeout one probe closes the breaker again.
+	require.NoError(t, c.Node("n2").Restart(ctx))
+	var getErr error
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if _, getErr = cl.Get(ctx, "n2", "k"); getErr == replica.ErrMiss {
+			break
+		}
+	}
+	require.ErrorIs(t, getErr, replica.ErrMiss)
+	require.True(t, cl.Healthy("n2"))
+}
+
+func TestAllBreakersOpen(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	cl := newCluster(t, c)
+	ctx := context.Background()
+	for _, n := range c.Nodes {
+		require.NoError(t, n.Kill())
+		for range replica.DefaultFailureThreshold {
+			_, _ = cl.Get(ctx, n.ID, "k")
+		}
+	}
+	_, err := cl.PickNew()
+	require.ErrorIs(t, err, replica.ErrNoHealthyNode)
+}
+
+func TestStaleConnectionsAfterRestartAreRetried(t *testing.T) {
+	c := mcproc.NewCluster(t, 1)
+	cl := newCluster(t, c)
+	ctx := context.Background()
+	// Fill the idle pool with several connections.
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() { _, err := cl.Get(ctx, "n1", "k"); errs <- err }()
+	}
+	for range 8 {
+		require.ErrorIs(t, <-errs, replica.ErrMiss)
+	}
+	require.NoError(t, c.Node("n1").Restart(ctx))
+	_, err := cl.Get(ctx, "n1", "k")
+	require.ErrorIs(t, err, replica.ErrMiss, "a stale pooled connection is not a node failure")
+	require.Zero(t, cl.Status()[0].ConsecutiveFailures)
+}
+
+func TestReplicate(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	cl := newCluster(t, c)
+	ctx := context.Background()
+	w := replica.Write{
+		Primary: "n1", Item: &memcache.Item{Key: "s", Value: []byte("v1"), Expiration: 60}, Mode: replica.ModeAdd,
+		Backup: "n2", BackupItem: &memcache.Item{Key: "bak:s", Value: []byte("v1"), Expiration: 60},
+	}
+	pErr, bErr := cl.Replicate(ctx, w)
+	require.NoError(t, pErr)
+	require.NoError(t, bErr)
+	it, err := c.Node("n2").Client().Get("bak:s")
+	require.NoError(t, err)
+	require.Equal(t, "v1", string(it.Value))
+
+	pErr, _ = cl.Replicate(ctx, w)
+	require.ErrorIs(t, pErr, replica.ErrNotStored, "add of an existing key")
+
+	require.NoError(t, c.Node("n2").Kill())
+	w.Mode = replica.ModeSet
+	pErr, bErr = cl.Replicate(ctx, w)
+	require.NoError(t, pErr)
+	require.ErrorIs(t, bErr, replica.ErrNodeDown)
+	require.Equal(t, uint64(1), cl.FailedBackupWrites())
+}
