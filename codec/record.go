@@ -1,0 +1,252 @@
+package codec
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+	"unicode/utf8"
+
+	"github.com/fxamacker/cbor/v2"
+)
+
+// FormatVersion is the envelope format version written by EncodeRecord.
+// DecodeRecord accepts only this version.
+const FormatVersion = 1
+
+// Sentinel errors returned (wrapped) by DecodeRecord; check them with errors.Is.
+var (
+	// ErrCorrupt reports bytes that are not a valid envelope.
+	ErrCorrupt = errors.New("codec: corrupt session record")
+	// ErrFormat reports an envelope written with another format version.
+	ErrFormat = errors.New("codec: unsupported envelope format version")
+	// ErrCodecMismatch reports an envelope whose attributes were written by
+	// a codec with another name.
+	ErrCodecMismatch = errors.New("codec: record was written by another codec")
+)
+
+// Record is one session as stored in memcached (the envelope).
+//
+// On the wire, times and the idle timeout have millisecond precision;
+// DecodeRecord returns times in UTC and the zero time.Time for a zero
+// (unset) time.
+type Record struct {
+	// Created is the creation time (millisecond precision on the wire).
+	Created time.Time
+	// Deadline is the absolute deadline; the zero time means none.
+	Deadline time.Time
+	// IdleTimeout is the idle timeout (millisecond precision on the wire);
+	// it must not be negative.
+	IdleTimeout time.Duration
+	// Version is the save counter, incremented by the store on each save.
+	Version uint64
+	// Attrs maps attribute names to value bytes encoded by the Codec.
+	// A nil value is written as an empty byte string. DecodeRecord always
+	// returns a non-nil map.
+	Attrs map[string][]byte
+}
+
+// envelope is the wire shape of a Record: a CBOR array of 7 items.
+type envelope struct {
+	_        struct{} `cbor:",toarray"`
+	Format   uint64
+	Codec    string
+	Created  int64 // Unix milliseconds, 0 = zero time
+	Deadline int64 // Unix milliseconds, 0 = none
+	Idle     uint64
+	Version  uint64
+	Attrs    map[string][]byte
+}
+
+// Envelope decoding limits.
+const (
+	envMaxAttrs        = 65536
+	envMaxNestedLevels = 4  // array > map > byte string; 4 is the library minimum
+	envMaxArrayItems   = 16 // the envelope array has 7 items; 16 is the library minimum
+)
+
+// envEnc and envDec are the CBOR modes of the envelope. They are built once
+// at package initialisation from constant options and are immutable and safe
+// for concurrent use afterwards, so they are not mutable package state.
+var envEnc, envDec = mustEnvelopeModes()
+
+// mustEnvelopeModes builds the envelope modes. It panics only if the
+// constant options are invalid, which is a programmer error.
+func mustEnvelopeModes() (cbor.EncMode, cbor.DecMode) {
+	encOpts := cbor.CoreDetEncOptions()
+	encOpts.NilContainers = cbor.NilContainerAsEmpty
+	encOpts.TagsMd = cbor.TagsForbidden
+	enc, err := encOpts.EncMode()
+	if err != nil {
+		panic("codec: invalid envelope encoding options: " + err.Error())
+	}
+	dec, err := cbor.DecOptions{
+		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+		MaxNestedLevels:  envMaxNestedLevels,
+		MaxArrayElements: envMaxArrayItems,
+		MaxMapPairs:      envMaxAttrs,
+		IndefLength:      cbor.IndefLengthForbidden,
+		TagsMd:           cbor.TagsForbidden,
+	}.DecMode()
+	if err != nil {
+		panic("codec: invalid envelope decoding options: " + err.Error())
+	}
+	return enc, dec
+}
+
+// maxIdleMillis is the largest idle timeout in milliseconds that fits a
+// time.Duration.
+const maxIdleMillis = math.MaxInt64 / int64(time.Millisecond)
+
+// EncodeRecord encodes r with the envelope format, FormatVersion, and the
+// name of c. The envelope is deterministic CBOR (attribute names sorted), so
+// equal records give equal bytes. Times and the idle timeout are truncated to
+// milliseconds; a zero Created or Deadline is written as 0 (so the Unix
+// epoch itself reads back as the zero time). The attribute values in r.Attrs
+// are stored as they are: they should have been produced by c. A nil record,
+// a negative idle timeout, more than 65536 attributes or an attribute name
+// that is not valid UTF-8 is an error.
+func EncodeRecord(c Codec, r *Record) ([]byte, error) {
+	if c == nil {
+		return nil, errors.New("codec: encode record: nil Codec")
+	}
+	if r == nil {
+		return nil, errors.New("codec: encode record: nil Record")
+	}
+	if r.IdleTimeout < 0 {
+		return nil, fmt.Errorf("codec: encode record: negative idle timeout %v", r.IdleTimeout)
+	}
+	// Refuse what DecodeRecord would reject, so a saved session stays readable.
+	if len(r.Attrs) > envMaxAttrs {
+		return nil, fmt.Errorf("codec: encode record: %d attributes, at most %d", len(r.Attrs), envMaxAttrs)
+	}
+	for name := range r.Attrs {
+		if !utf8.ValidString(name) {
+			return nil, fmt.Errorf("codec: encode record: attribute name %q is not valid UTF-8", name)
+		}
+	}
+	env := envelope{
+		Format:   FormatVersion,
+		Codec:    c.Name(),
+		Created:  unixMilli(r.Created),
+		Deadline: unixMilli(r.Deadline),
+		Idle:     uint64(r.IdleTimeout.Milliseconds()),
+		Version:  r.Version,
+		Attrs:    r.Attrs,
+	}
+	b, err := envEnc.Marshal(&env)
+	if err != nil {
+		return nil, fmt.Errorf("codec: encode record: %w", err)
+	}
+	return b, nil
+}
+
+// DecodeRecord decodes data written by EncodeRecord with the same codec.
+//
+// Malformed, truncated, hostile or foreign bytes return an error wrapping
+// ErrCorrupt; DecodeRecord never panics on any input. An envelope of another
+// format version returns an error wrapping ErrFormat, and one written with a
+// codec whose name is not c.Name() an error wrapping ErrCodecMismatch.
+// Duplicate attribute names, more than 65536 attributes, null attribute
+// values, indefinite lengths, tags and trailing bytes are rejected as corrupt.
+func DecodeRecord(c Codec, data []byte) (*Record, error) {
+	if c == nil {
+		return nil, errors.New("codec: decode record: nil Codec")
+	}
+	// Check the format version before the shape, so that a future format
+	// with another shape reports ErrFormat rather than ErrCorrupt.
+	if v, ok := peekFormat(data); ok && v != FormatVersion {
+		return nil, fmt.Errorf("%w: version %d, want %d", ErrFormat, v, FormatVersion)
+	}
+	var env envelope
+	if err := envDec.Unmarshal(data, &env); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if env.Format != FormatVersion { // unreachable after peekFormat; kept as a guard
+		return nil, fmt.Errorf("%w: version %d, want %d", ErrFormat, env.Format, FormatVersion)
+	}
+	if name := c.Name(); env.Codec != name {
+		return nil, fmt.Errorf("%w: written by %q, decoding with %q", ErrCodecMismatch, env.Codec, name)
+	}
+	if env.Idle > uint64(maxIdleMillis) {
+		return nil, fmt.Errorf("%w: idle timeout %d ms out of range", ErrCorrupt, env.Idle)
+	}
+	if env.Attrs == nil {
+		env.Attrs = map[string][]byte{}
+	}
+	for name, v := range env.Attrs {
+		if v == nil { // CBOR null or undefined; an empty byte string decodes as []byte{}
+			return nil, fmt.Errorf("%w: attribute %q is not a byte string", ErrCorrupt, name)
+		}
+	}
+	return &Record{
+		Created:     fromUnixMilli(env.Created),
+		Deadline:    fromUnixMilli(env.Deadline),
+		IdleTimeout: time.Duration(env.Idle) * time.Millisecond,
+		Version:     env.Version,
+		Attrs:       env.Attrs,
+	}, nil
+}
+
+// unixMilli returns t as Unix milliseconds, or 0 for the zero time.
+func unixMilli(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+// fromUnixMilli is the inverse of unixMilli; it returns UTC times.
+func fromUnixMilli(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
+
+// peekFormat returns the first item of data if data starts with a CBOR
+// array head followed by an unsigned integer. It reads at most 18 bytes.
+func peekFormat(data []byte) (uint64, bool) {
+	const majorArray, majorUint = 4, 0
+	n, ok := headLen(data, majorArray)
+	if !ok {
+		return 0, false
+	}
+	data = data[n:]
+	m, ok := headLen(data, majorUint)
+	if !ok {
+		return 0, false
+	}
+	var v uint64
+	switch info := data[0] & 0x1f; {
+	case info < 24:
+		v = uint64(info)
+	default:
+		for _, b := range data[1:m] {
+			v = v<<8 | uint64(b)
+		}
+	}
+	return v, true
+}
+
+// headLen returns the length of the CBOR head at the start of data if it
+// has the given major type and is complete. Indefinite lengths (info 31)
+// count as a one-byte head; reserved values (28-30) are rejected.
+func headLen(data []byte, major byte) (int, bool) {
+	if len(data) == 0 || data[0]>>5 != major {
+		return 0, false
+	}
+	var n int
+	switch info := data[0] & 0x1f; {
+	case info < 24, info == 31:
+		n = 1
+	case info <= 27:
+		n = 1 + 1<<(info-24)
+	default:
+		return 0, false
+	}
+	if len(data) < n {
+		return 0, false
+	}
+	return n, true
+}
