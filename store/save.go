@@ -77,6 +77,23 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 		Backup: backup, BackupItem: &memcache.Item{Key: bkey, Value: raw, Expiration: exp},
 	}
 	pErr, bErr := st.cluster.Replicate(ctx, w)
+	for tried := []string{node}; isNew && errors.Is(pErr, replica.ErrNodeDown); {
+		// A new session is stored nowhere yet: try the next healthy node
+		// under a matching id before giving up.
+		next := st.cluster.BackupOf(node, tried...)
+		if next == "" {
+			break
+		}
+		tried = append(tried, next)
+		node, id = next, makeID(base, next)
+		key, bkey, _ = st.Keys(id)
+		backup = st.cluster.BackupOf(node, tried...)
+		w.Primary, w.Item.Key, w.Backup, w.BackupItem.Key = node, key, backup, bkey
+		s.mu.Lock()
+		s.id = id
+		s.mu.Unlock()
+		pErr, bErr = st.cluster.Replicate(ctx, w)
+	}
 	if bErr != nil {
 		st.stats.backupFailures.Add(1)
 		st.log.Warn("backup write failed: session saved on its primary only", "id", id, "node", backup, "err", bErr)

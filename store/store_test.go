@@ -560,3 +560,20 @@ func TestConfigValidation(t *testing.T) {
 	_, err = store.New(store.Config{Cluster: cl, KeyPrefix: strings.Repeat("p", 65)})
 	require.Error(t, err)
 }
+
+func TestNewSessionAvoidsAJustKilledNode(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	require.NoError(t, c.Node("n1").Kill()) // its breaker is still closed
+	for range 6 {
+		s, err := st.New(ctx)
+		require.NoError(t, err)
+		require.NoError(t, s.Set("k", "v"))
+		require.NoError(t, st.Save(ctx, s), "a new session moves to a live node")
+		require.NotEqual(t, "n1", nodeOf(s.ID()))
+		got, err := st.Load(ctx, s.ID())
+		require.NoError(t, err)
+		require.True(t, got.Has("k"))
+	}
+}
