@@ -224,7 +224,10 @@ func (st *Store) New(ctx context.Context) (*Session, error) {
 }
 
 // ttl returns the memcached exptime for a session: its idle timeout,
-// shortened to its absolute deadline. ok is false once the deadline passed.
+// shortened to its absolute deadline, plus one second. memcached's clock
+// ticks once a second and expires an item at the first tick at or after
+// now+exptime, so without that second an item could live up to a second
+// less than its idle timeout. ok is false once the deadline has passed.
 func ttl(idle time.Duration, deadline, now time.Time) (int32, bool) {
 	d := idle
 	if !deadline.IsZero() {
@@ -234,5 +237,5 @@ func ttl(idle time.Duration, deadline, now time.Time) (int32, bool) {
 		}
 		d = min(d, left)
 	}
-	return replica.Expiration(d, now), true
+	return replica.Expiration(d+time.Second, now), true
 }

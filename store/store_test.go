@@ -230,11 +230,13 @@ func TestExpiry(t *testing.T) {
 
 	t.Run("2s idle timeout expires and touch extends it", func(t *testing.T) {
 		st := newStore(t, c, func(cfg *store.Config) { cfg.IdleTimeout = 2 * time.Second })
+		// An item lives at least its idle timeout and less than a second more.
+		start := time.Now()
 		expiring := saved(t, st, map[string]any{"k": 1})
 		touched := saved(t, st, map[string]any{"k": 2})
-		time.Sleep(1200 * time.Millisecond)
+		time.Sleep(time.Until(start.Add(1500 * time.Millisecond)))
 		require.NoError(t, st.Touch(ctx, touched))
-		time.Sleep(1600 * time.Millisecond) // 2.8 s after the save, 1.6 s after the touch
+		time.Sleep(time.Until(start.Add(3200 * time.Millisecond))) // 1.7 s after the touch
 		_, err := st.Load(ctx, expiring.ID())
 		require.ErrorIs(t, err, store.ErrNotFound)
 		got, err := st.Load(ctx, touched.ID())
