@@ -1,0 +1,55 @@
+// Package httpsession is net/http middleware for non-sticky sessions kept
+// in memcached by package store.
+//
+// A Manager wraps handlers with Middleware. Handlers reach the request's
+// session with FromContext(r.Context()) or Manager.Session(r) and use it
+// like a typed map:
+//
+//	s := httpsession.FromContext(r.Context())
+//	n, _, err := httpsession.Get[int](s, "visits")
+//	if err != nil {
+//		return // the middleware answers 503 for memcached or lock failures
+//	}
+//	err = s.Set("visits", n+1)
+//
+// # Commit timing
+//
+// The session is loaded lazily: the middleware does not talk to memcached
+// until the handler first uses the session, so a handler that never does
+// costs nothing. The session is saved before the first byte of the response
+// is written (WriteHeader, Write, Flush, Hijack and http.ResponseController
+// all count), so that the Set-Cookie header can still be sent and the
+// client's next request sees the change; changes made after that are saved
+// when the handler returns. The session lock is released last. An unchanged
+// session gets its idle timeout refreshed (memcached touch) in the
+// background after the handler returned, so a read-only request without a
+// lock costs one memcached round trip.
+//
+// A session is created only when a handler writes to it: a read-only
+// request without a session cookie creates nothing and sets no cookie. A
+// malformed, forged or unknown cookie is treated as no session.
+//
+// # Locking
+//
+// Options.Locking selects how requests of the same session are serialised:
+// LockAll (the default) locks every request that uses an existing session,
+// LockNone locks none, LockAuto learns per route which requests never
+// modify the session and stops locking them, and LockPattern locks the
+// requests whose "METHOD PATH" matches a regular expression. ForceLock,
+// SkipLock and SetLocking override the mode for one handler or request,
+// and Session.Lock takes the lock lazily in the middle of a request.
+//
+// Saves are guarded by memcached CAS whatever the mode, so a request that
+// ran without the lock never overwrites a newer version silently: its save
+// fails with store.ErrConflict, which the ErrorHandler reports (409 by
+// default).
+//
+// # Errors
+//
+// When loading, locking or saving fails before the response started, the
+// handler's response is replaced by Options.ErrorHandler's (by default 503
+// with Retry-After: 1 for a lock timeout or unreachable memcached, 409 for
+// a conflict, 500 for a session too large): see DefaultErrorHandler. Writes
+// of the handler after that return ErrAborted. Failures after the response
+// started are logged and counted in Stats.
+package httpsession

@@ -1,0 +1,133 @@
+package httpsession
+
+import (
+	"context"
+	"net/http"
+	"sync"
+)
+
+// LockFlag overrides the Manager's locking mode for one request.
+type LockFlag int
+
+const (
+	// ByMode leaves the decision to Options.Locking (the zero value).
+	ByMode LockFlag = iota
+	// Force locks the request whatever the mode.
+	Force
+	// Skip runs the request without the lock whatever the mode; its save
+	// is still CAS-guarded.
+	Skip
+)
+
+type flagKey struct{}
+
+// flagFrom returns the flag ForceLock or SkipLock put into ctx outside
+// the middleware.
+func flagFrom(ctx context.Context) LockFlag {
+	f, _ := ctx.Value(flagKey{}).(LockFlag)
+	return f
+}
+
+// withFlag sets the locking flag of r: on its session state when r went
+// through the middleware already (and the session is not in use yet), and
+// in its context otherwise, where the middleware picks it up.
+func withFlag(r *http.Request, f LockFlag) *http.Request {
+	if err := SetLocking(r, f); err != ErrNoSession {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), flagKey{}, f))
+}
+
+// ForceLock wraps h so that its requests hold the session lock whatever
+// the Manager's locking mode. It may wrap h inside or outside
+// Manager.Middleware.
+func ForceLock(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, withFlag(r, Force))
+	})
+}
+
+// SkipLock wraps h so that its requests run without the session lock
+// whatever the Manager's locking mode (its saves stay CAS-guarded). It may
+// wrap h inside or outside Manager.Middleware.
+func SkipLock(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, withFlag(r, Skip))
+	})
+}
+
+// SetLocking overrides the locking mode for request r, which must have
+// gone through Manager.Middleware. It must be called before the handler
+// first uses the session (locking is decided when the session is loaded):
+// it returns ErrAlreadyLoaded after that, and ErrNoSession for a request
+// without session. To lock in the middle of a request, use Session.Lock.
+func SetLocking(r *http.Request, f LockFlag) error {
+	rs, _ := r.Context().Value(stateKey{}).(*reqState)
+	if rs == nil {
+		return ErrNoSession
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.used {
+		return ErrAlreadyLoaded
+	}
+	rs.flag = f
+	return nil
+}
+
+// learner remembers, per route, whether LockAuto still locks it.
+type learner struct {
+	threshold, max int
+
+	mu     sync.Mutex
+	routes map[string]*route
+}
+
+type route struct {
+	clean    int  // consecutive requests that did not modify the session
+	modifies bool // modified the session once: locked for good
+}
+
+func newLearner(threshold, max int) *learner {
+	return &learner{threshold: threshold, max: max, routes: make(map[string]*route)}
+}
+
+// locks reports whether requests of the route key are locked.
+func (l *learner) locks(key string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	rt := l.routes[key]
+	return rt == nil || rt.modifies || rt.clean < l.threshold
+}
+
+// record notes a finished request of the route key.
+func (l *learner) record(key string, modified bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	rt := l.routes[key]
+	if rt == nil {
+		if len(l.routes) >= l.max {
+			return // unknown routes beyond the bound stay locked
+		}
+		rt = &route{}
+		l.routes[key] = rt
+	}
+	switch {
+	case modified:
+		rt.modifies = true
+	case !rt.modifies:
+		rt.clean++
+	}
+}
+
+// routeKey returns the LockAuto route of a request: "METHOD PATTERN" when
+// a ServeMux pattern is known, "METHOD PATH" otherwise.
+func routeKey(r *http.Request, pattern string) string {
+	if r.Pattern != "" {
+		pattern = r.Pattern
+	}
+	if pattern != "" {
+		return r.Method + " " + pattern
+	}
+	return r.Method + " " + r.URL.Path
+}

@@ -1,0 +1,354 @@
+package httpsession
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mcsession/mcsession/lock"
+	"github.com/mcsession/mcsession/store"
+)
+
+// reqState is the session state of one request: the lazily loaded store
+// session, the locking decision and the commit bookkeeping.
+type reqState struct {
+	m     *Manager
+	ctx   context.Context     // the request's context (without the state)
+	req   *http.Request       // the request passed to the handler
+	w     http.ResponseWriter // the underlying response writer
+	sess  *Session            // the handle given to handlers
+	outer http.Header         // response headers set before the middleware ran
+
+	started atomic.Bool // the response started: begin ran
+	aborted atomic.Bool // the ErrorHandler answered instead of the handler
+
+	mu        sync.Mutex
+	flag      LockFlag
+	pattern   string // ServeMux pattern seen by Manager.Session
+	used      bool   // the session was used: cookie read, load attempted
+	cookie    string // the request's well-formed session id, "" for none
+	hadCookie bool   // the request carried a cookie of our name
+	s         *store.Session
+	err       error // sticky failure: every later use returns it
+	modified  bool  // the request wrote (or tried to write) the session
+	saved     bool  // a save or renewal wrote the session
+	destroyed bool
+	done      bool
+}
+
+// load reads the session cookie and loads the session, locked when the
+// mode, the request's flag or force say so. It runs once; a request
+// without a usable cookie or whose session is unknown gets no session
+// (rs.s stays nil). Callers hold rs.mu.
+func (rs *reqState) load(ctx context.Context, force bool) error {
+	if rs.done {
+		return ErrRequestDone
+	}
+	if rs.err != nil {
+		return rs.err
+	}
+	if rs.used {
+		return nil
+	}
+	rs.used = true
+	m := rs.m
+	m.stats.requests.Add(1)
+	for _, c := range rs.req.CookiesNamed(m.opts.CookieName) {
+		rs.hadCookie = true
+		if _, _, ok := m.st.Placement(c.Value); ok {
+			rs.cookie = c.Value
+			break
+		}
+	}
+	if rs.cookie == "" {
+		return nil
+	}
+	var (
+		s   *store.Session
+		err error
+	)
+	if force || rs.wantLock() {
+		s, err = m.st.LoadLocked(m.lockContext(ctx), rs.cookie)
+		if errors.Is(err, lock.ErrLockTimeout) {
+			m.stats.lockTimeouts.Add(1)
+			if m.opts.FailOpen {
+				m.stats.failOpens.Add(1)
+				m.log.Warn("httpsession: session lock timed out; proceeding without it (FailOpen)",
+					"id", rs.cookie, "path", rs.req.URL.Path, "err", err)
+				s, err = m.st.Load(ctx, rs.cookie)
+			}
+		}
+	} else {
+		s, err = m.st.Load(ctx, rs.cookie)
+	}
+	switch {
+	case err == nil:
+		rs.s = s
+		if s.Locked() {
+			m.stats.locked.Add(1)
+		}
+		if s.ID() != rs.cookie {
+			m.stats.relocated.Add(1)
+		}
+		return nil
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	default:
+		return rs.fail(err)
+	}
+}
+
+// wantLock applies the request's flag and the Manager's mode.
+func (rs *reqState) wantLock() bool {
+	switch rs.flag {
+	case Force:
+		return true
+	case Skip:
+		return false
+	}
+	m := rs.m
+	switch m.opts.Locking {
+	case LockNone:
+		return false
+	case LockPattern:
+		return m.opts.LockPattern.MatchString(rs.req.Method + " " + rs.req.URL.Path)
+	case LockAuto:
+		if m.auto.locks(routeKey(rs.req, rs.pattern)) {
+			return true
+		}
+		m.stats.autoUnlocked.Add(1)
+		return false
+	default:
+		return true
+	}
+}
+
+// lockContext applies Options.LockTimeout to ctx.
+func (m *Manager) lockContext(ctx context.Context) context.Context {
+	if m.opts.LockTimeout > 0 {
+		return lock.WithWaitTimeout(ctx, m.opts.LockTimeout)
+	}
+	return ctx
+}
+
+// writable returns the session to modify, creating a new one when the
+// request has none. Callers hold rs.mu.
+func (rs *reqState) writable() (*store.Session, error) {
+	if err := rs.load(rs.ctx, false); err != nil {
+		return nil, err
+	}
+	if rs.s != nil {
+		return rs.s, nil
+	}
+	m := rs.m
+	s, err := m.st.New(rs.ctx)
+	if err != nil {
+		return nil, rs.fail(err)
+	}
+	s.SetIdleTimeout(m.opts.IdleTimeout)
+	s.SetLifetime(m.opts.Lifetime)
+	rs.s = s
+	return s, nil
+}
+
+// fail records a session failure: counted, logged, and returned by every
+// later use of the session. Callers hold rs.mu.
+func (rs *reqState) fail(err error) error {
+	m := rs.m
+	m.stats.errors.Add(1)
+	if errors.Is(err, store.ErrConflict) {
+		m.stats.conflicts.Add(1)
+	}
+	level := "session failure"
+	if rs.started.Load() {
+		level = "session failure after the response started"
+	}
+	m.log.Warn("httpsession: "+level, "path", rs.req.URL.Path, "cookie", rs.cookie, "err", err)
+	if rs.err == nil {
+		rs.err = err
+	}
+	return err
+}
+
+// save writes the session when it is new or modified. Callers hold rs.mu.
+func (rs *reqState) save() error {
+	s := rs.s
+	isNew := s.IsNew()
+	if !isNew && !s.Modified() {
+		return nil
+	}
+	rs.modified = true
+	m := rs.m
+	ctx, cancel := m.commitContext(rs.ctx)
+	defer cancel()
+	before := s.ID()
+	if err := m.st.Save(ctx, s); err != nil {
+		return rs.fail(err)
+	}
+	rs.saved = true
+	switch {
+	case isNew:
+		m.stats.created.Add(1)
+	case s.ID() != before:
+		m.stats.relocated.Add(1)
+	}
+	return nil
+}
+
+// begin runs before the first byte of the response: it saves the session
+// and sets the cookie headers, or, when the session failed, has the
+// ErrorHandler answer instead. It reports whether the handler's response
+// may go out.
+func (rs *reqState) begin() bool {
+	if rs.started.Load() {
+		return !rs.aborted.Load()
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.beginLocked()
+}
+
+func (rs *reqState) beginLocked() bool {
+	if rs.started.Load() {
+		return !rs.aborted.Load()
+	}
+	if rs.err == nil && rs.s != nil {
+		_ = rs.save()
+	}
+	if rs.err != nil {
+		rs.aborted.Store(true)
+		rs.started.Store(true)
+		rs.answerError()
+		return false
+	}
+	rs.setHeaders()
+	rs.started.Store(true)
+	return true
+}
+
+// answerError replaces the handler's response with the ErrorHandler's:
+// the headers the handler set are dropped, those set before the
+// middleware ran are kept. Callers hold rs.mu.
+func (rs *reqState) answerError() {
+	h := rs.w.Header()
+	clear(h)
+	for k, v := range rs.outer {
+		h[k] = v
+	}
+	if rs.used {
+		addVary(h)
+	}
+	r := rs.req.WithContext(context.WithValue(rs.req.Context(), stateKey{}, (*reqState)(nil)))
+	rs.m.onError(rs.w, r, rs.err)
+}
+
+// setHeaders sends the session cookie when the client's is out of date
+// (new session, relocation, renewal) or the session was destroyed, and
+// "Vary: Cookie" when the session was used. Callers hold rs.mu.
+func (rs *reqState) setHeaders() {
+	if !rs.used {
+		return
+	}
+	addVary(rs.w.Header())
+	switch {
+	case rs.s != nil && !rs.s.IsNew():
+		if id := rs.s.ID(); id != rs.cookie {
+			http.SetCookie(rs.w, rs.m.cookie(rs.req, id))
+		}
+	case rs.destroyed && rs.hadCookie:
+		c := rs.m.cookie(rs.req, "")
+		c.MaxAge = -1
+		http.SetCookie(rs.w, c)
+	}
+}
+
+// cookie returns the session cookie for value.
+func (m *Manager) cookie(r *http.Request, value string) *http.Cookie {
+	secure := false
+	switch m.opts.Secure {
+	case SecureAuto:
+		secure = r.TLS != nil
+	case SecureAlways:
+		secure = true
+	}
+	return &http.Cookie{
+		Name: m.opts.CookieName, Value: value,
+		Path: m.opts.CookiePath, Domain: m.opts.CookieDomain,
+		Secure: secure, HttpOnly: !m.opts.DisableHTTPOnly, SameSite: m.opts.SameSite,
+	}
+}
+
+// addVary adds "Cookie" to the Vary header unless it is there.
+func addVary(h http.Header) {
+	for _, v := range h.Values("Vary") {
+		for _, f := range strings.Split(v, ",") {
+			if f = strings.TrimSpace(f); f == "*" || strings.EqualFold(f, "Cookie") {
+				return
+			}
+		}
+	}
+	h.Add("Vary", "Cookie")
+}
+
+// finish runs when the handler returned: the session is committed if the
+// response has not started (then the implicit 200 follows), changes made
+// after the response started are saved, the lock is released last, and an
+// unchanged session gets its idle timeout refreshed in the background.
+func (rs *reqState) finish() {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if !rs.started.Load() {
+		rs.beginLocked()
+	}
+	rs.done = true
+	m := rs.m
+	s := rs.s
+	if s != nil && rs.err == nil && (s.IsNew() || s.Modified()) {
+		if s.IsNew() {
+			// Created after the response started: the cookie cannot be
+			// sent any more, so the client could never find it again.
+			m.stats.errors.Add(1)
+			m.log.Warn("httpsession: session created after the response started: its cookie cannot be sent; not saved",
+				"path", rs.req.URL.Path)
+		} else {
+			before := s.ID()
+			if rs.save() == nil && s.ID() != before {
+				m.log.Warn("httpsession: session relocated after the response started: the client keeps the old cookie",
+					"from", before, "to", s.ID())
+			}
+		}
+	}
+	if s != nil && s.Locked() {
+		rs.release()
+	}
+	if s != nil && !s.IsNew() && !rs.saved && rs.err == nil && !rs.destroyed {
+		m.touchLater(rs.ctx, s)
+	}
+	if m.auto != nil && rs.used {
+		m.auto.record(routeKey(rs.req, rs.pattern), rs.modified)
+	}
+}
+
+// release releases the session lock. Callers hold rs.mu.
+func (rs *reqState) release() {
+	m := rs.m
+	ctx, cancel := m.commitContext(rs.ctx)
+	defer cancel()
+	if err := m.st.Release(ctx, rs.s); err != nil {
+		m.log.Warn("httpsession: session lock release failed", "id", rs.s.ID(), "err", err)
+	}
+}
+
+// abandon runs when the handler panicked: nothing is saved, the lock is
+// released.
+func (rs *reqState) abandon() {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.done = true
+	if rs.s != nil && rs.s.Locked() {
+		rs.release()
+	}
+}
