@@ -43,7 +43,9 @@ var (
 
 // Config configures a Locker. The zero value gives the documented defaults.
 type Config struct {
-	// TTL is the memcached lifetime of a lock item. Default DefaultTTL (10 s).
+	// TTL is the memcached lifetime of a lock item: it lives at least TTL
+	// and less than TTL + 1 s (memcached counts whole seconds). At least
+	// 1 s. Default DefaultTTL (10 s).
 	TTL time.Duration
 	// WaitTimeout bounds how long Acquire waits for a held lock. Default
 	// DefaultWaitTimeout (2 s).
@@ -180,7 +182,7 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 	var raw [16]byte
 	_, _ = crand.Read(raw[:])
 	hex.Encode(token, raw[:])
-	exp := replica.Expiration(l.cfg.TTL, time.Now())
+	exp := l.exptime()
 
 	start := time.Now()
 	wait := l.cfg.WaitTimeout
@@ -190,6 +192,7 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 	deadline := start.Add(wait)
 	pause := l.cfg.BackoffStart
 	var timer *time.Timer
+	waited := false
 	for attempt := 0; ; attempt++ {
 		err := l.cluster.Add(ctx, node, &memcache.Item{Key: key, Value: token, Expiration: exp})
 		if err == nil {
@@ -200,6 +203,7 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 		}
 		if attempt == 0 {
 			l.m.waited.Add(1)
+			waited = true
 		}
 		now := time.Now()
 		if !now.Before(deadline) {
@@ -223,8 +227,10 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 		}
 		pause = min(pause*2, l.cfg.BackoffMax)
 	}
-	if waited := time.Since(start); waited > 0 {
-		l.m.waitNanos.Add(uint64(waited))
+	// Fix: WaitTime counts only acquisitions that found the lock held; it
+	// used to add the round trip of every uncontended add as well.
+	if waited {
+		l.m.waitNanos.Add(uint64(time.Since(start)))
 	}
 	l.m.acquired.Add(1)
 	lk := &Lock{l: l, node: node, key: key, token: token, acquired: time.Now()}
@@ -235,12 +241,27 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 	if err != nil {
 		// We hold the lock but cannot prove it on release: drop it by
 		// expiring it right away with a plain touch (best effort).
-		_ = l.cluster.Touch(context.WithoutCancel(ctx), node, key, -1)
+		// Fix: only when the read failed. When bind says ErrLost the item
+		// is gone or holds another owner's token (ours expired in between):
+		// expiring it would delete someone else's lock.
+		if !errors.Is(err, ErrLost) {
+			_ = l.cluster.Touch(context.WithoutCancel(ctx), node, key, -1)
+		}
 		return nil, nil, fmt.Errorf("lock: acquire %s: %w", key, err)
 	}
 	delete(items, key)
 	lk.scheduleRenewal()
 	return lk, items, nil
+}
+
+// exptime returns the memcached exptime of a lock item: the TTL in whole
+// seconds plus one. Fix: memcached's clock ticks once a second and an item
+// expires at the first tick at or after now+exptime, so an exptime of n
+// seconds lives between n-1 and n seconds (measured on 1.6.18: exptime 1
+// lived 28 ms to 1 s). Without the extra second a 1 s lock could expire
+// before its first renewal (TTL/3) or while its holder still works.
+func (l *Locker) exptime() int32 {
+	return replica.Expiration(l.cfg.TTL+time.Second, time.Now())
 }
 
 // bind records the CAS id of our lock item after checking it holds our token.
@@ -295,7 +316,7 @@ func (lk *Lock) Renew(ctx context.Context) error {
 		return fmt.Errorf("lock: renew %s: %w", lk.key, err)
 	}
 	// touch keeps the CAS id, so the release below still matches.
-	if err := lk.l.cluster.Touch(ctx, lk.node, lk.key, replica.Expiration(lk.l.cfg.TTL, time.Now())); err != nil {
+	if err := lk.l.cluster.Touch(ctx, lk.node, lk.key, lk.l.exptime()); err != nil {
 		if errors.Is(err, replica.ErrMiss) {
 			lk.markLost()
 			return fmt.Errorf("%w: %s", ErrLost, lk.key)
@@ -309,7 +330,11 @@ func (lk *Lock) Renew(ctx context.Context) error {
 func (lk *Lock) markLost() {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
-	if !lk.lost {
+	// Fix: a renewal that was already running when Release deleted the
+	// item finds it gone; that is not a lost lock. Only a lock that is
+	// neither released nor lost yet can become lost (it used to flip a
+	// released lock to lost, count it, and make a second Release fail).
+	if !lk.done {
 		lk.lost, lk.done = true, true
 		lk.l.m.lost.Add(1)
 		if lk.renewal != nil {
