@@ -288,7 +288,9 @@ func (lk *Lock) scheduleRenewal() {
 	lk.renewal = time.AfterFunc(every, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), lk.l.cfg.TTL/3)
 		defer cancel()
-		if err := lk.Renew(ctx); err == nil {
+		// A lost lock stops renewing; a passing network error does not:
+		// the next attempt may still find the lock ours.
+		if err := lk.Renew(ctx); !errors.Is(err, ErrLost) {
 			lk.scheduleRenewal()
 		}
 	})
