@@ -12,7 +12,7 @@ import (
 )
 
 // newStore builds a store on two local memcached nodes.
-func newStore() *store.Store {
+func exampleStore() *store.Store {
 	nodes, err := replica.ParseNodes("n1=127.0.0.1:11211,n2=127.0.0.1:11212")
 	if err != nil {
 		log.Fatal(err)
@@ -29,7 +29,7 @@ func newStore() *store.Store {
 }
 
 func ExampleManager_Middleware() {
-	m, err := httpsession.New(newStore(), httpsession.Options{
+	m, err := httpsession.New(exampleStore(), httpsession.Options{
 		Locking: httpsession.LockAuto,
 		Ignore:  []*regexp.Regexp{regexp.MustCompile(`^/static/`)},
 	})
@@ -73,7 +73,7 @@ func ExampleSession_RenewID() {
 }
 
 func ExampleForceLock() {
-	m, err := httpsession.New(newStore(), httpsession.Options{Locking: httpsession.LockNone})
+	m, err := httpsession.New(exampleStore(), httpsession.Options{Locking: httpsession.LockNone})
 	if err != nil {
 		log.Fatal(err)
 	}
