@@ -2,7 +2,7 @@
 # `make deps` installs memcached on Debian when it is missing.
 GO ?= go
 
-.PHONY: deps test vet
+.PHONY: deps test vet bench
 
 deps:
 	@command -v memcached >/dev/null 2>&1 || { \
@@ -15,3 +15,9 @@ vet:
 
 test: deps vet
 	$(GO) test -race -count=1 ./...
+
+# bench: mcsession next to the floor (raw gomemcache) and peer libraries,
+# side by side on 3 local memcached nodes; writes bench/out/results.{json,md,png}
+# in under two minutes (see bench/README.md).
+bench: deps
+	cd bench && $(GO) run . -out out
