@@ -25,6 +25,9 @@ var (
 	// writer after a session failure made the ErrorHandler answer the
 	// request instead of the handler.
 	ErrAborted = errors.New("httpsession: response replaced by the session error handler")
+	// ErrResponseStarted is returned by Session.RenewID once the response
+	// has started: the new cookie could not reach the client any more.
+	ErrResponseStarted = errors.New("httpsession: response already started; the session cookie cannot change")
 )
 
 // StatusCode returns the HTTP status DefaultErrorHandler uses for err:

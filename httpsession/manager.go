@@ -170,12 +170,13 @@ func (m *Manager) Middleware(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		rs := &reqState{m: m, ctx: r.Context(), flag: flagFrom(r.Context())}
+		// One allocation for the state, the handle and the writer.
+		rs := &reqState{m: m, ctx: r.Context(), flag: flagFrom(r.Context()), w: w}
 		r2 := r.WithContext(context.WithValue(r.Context(), stateKey{}, rs))
 		rs.req = r2
-		rs.sess = &Session{rs: rs}
-		ww := &responseWriter{rw: w, rs: rs}
-		rs.w = w
+		rs.handle.rs = rs
+		rs.sess = &rs.handle
+		rs.ww = responseWriter{rw: w, rs: rs}
 		if h := w.Header(); len(h) > 0 {
 			rs.outer = h.Clone() // kept when the ErrorHandler answers
 		}
@@ -185,7 +186,7 @@ func (m *Manager) Middleware(next http.Handler) http.Handler {
 				rs.abandon()
 			}
 		}()
-		next.ServeHTTP(ww, r2)
+		next.ServeHTTP(&rs.ww, r2)
 		completed = true
 		rs.finish()
 	})

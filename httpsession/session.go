@@ -9,10 +9,6 @@ import (
 	"github.com/mcsession/mcsession/store"
 )
 
-// ErrResponseStarted is returned by Session.RenewID once the response has
-// started: the new cookie could not reach the client any more.
-var ErrResponseStarted = errors.New("httpsession: response already started; the session cookie cannot change")
-
 // Session is the request-scoped handle of a session, returned by
 // FromContext and Manager.Session. The session is loaded from memcached at
 // the first use of any method and created at the first write. Methods are

@@ -3,6 +3,7 @@ package httpsession
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -15,12 +16,14 @@ import (
 // reqState is the session state of one request: the lazily loaded store
 // session, the locking decision and the commit bookkeeping.
 type reqState struct {
-	m     *Manager
-	ctx   context.Context     // the request's context (without the state)
-	req   *http.Request       // the request passed to the handler
-	w     http.ResponseWriter // the underlying response writer
-	sess  *Session            // the handle given to handlers
-	outer http.Header         // response headers set before the middleware ran
+	m      *Manager
+	ctx    context.Context     // the request's context (without the state)
+	req    *http.Request       // the request passed to the handler
+	w      http.ResponseWriter // the underlying response writer
+	sess   *Session            // the handle given to handlers
+	outer  http.Header         // response headers set before the middleware ran
+	handle Session             // sess points here
+	ww     responseWriter      // the writer given to the handler
 
 	started atomic.Bool // the response started: begin ran
 	aborted atomic.Bool // the ErrorHandler answered instead of the handler
@@ -30,6 +33,7 @@ type reqState struct {
 	pattern   string // ServeMux pattern seen by Manager.Session
 	used      bool   // the session was used: cookie read, load attempted
 	cookie    string // the request's well-formed session id, "" for none
+	clientID  string // the session id the client has after this response
 	hadCookie bool   // the request carried a cookie of our name
 	s         *store.Session
 	err       error // sticky failure: every later use returns it
@@ -66,6 +70,7 @@ func (rs *reqState) load(ctx context.Context, force bool) error {
 	if rs.cookie == "" {
 		return nil
 	}
+	rs.clientID = rs.cookie
 	var (
 		s   *store.Session
 		err error
@@ -162,31 +167,51 @@ func (rs *reqState) fail(err error) error {
 	if errors.Is(err, store.ErrConflict) {
 		m.stats.conflicts.Add(1)
 	}
-	level := "session failure"
+	msg := "httpsession: session failure"
 	if rs.started.Load() {
-		level = "session failure after the response started"
+		msg = "httpsession: session failure after the response started"
 	}
-	m.log.Warn("httpsession: "+level, "path", rs.req.URL.Path, "cookie", rs.cookie, "err", err)
+	level := slog.LevelError
+	switch {
+	case errors.Is(err, context.Canceled):
+		level = slog.LevelDebug // the client went away
+	case StatusCode(err) != http.StatusInternalServerError:
+		level = slog.LevelWarn // unavailable, lock timeout, conflict: transient
+	}
+	m.log.Log(rs.ctx, level, msg, "path", rs.req.URL.Path, "cookie", rs.cookie, "err", err)
 	if rs.err == nil {
 		rs.err = err
 	}
 	return err
 }
 
-// save writes the session when it is new or modified. Callers hold rs.mu.
-func (rs *reqState) save() error {
+// save writes the session when it is new or modified; with release, it
+// also releases the lock in the same store call (SaveAndRelease). Callers
+// hold rs.mu.
+func (rs *reqState) save(release bool) error {
 	s := rs.s
-	isNew := s.IsNew()
-	if !isNew && !s.Modified() {
+	if !s.IsNew() && !s.Modified() {
+		if release {
+			rs.release()
+		}
 		return nil
 	}
 	rs.modified = true
 	m := rs.m
 	ctx, cancel := m.commitContext(rs.ctx)
 	defer cancel()
-	before := s.ID()
-	if err := m.st.Save(ctx, s); err != nil {
-		return rs.fail(err)
+	isNew, before := s.IsNew(), s.ID()
+	var err error
+	if release {
+		err = m.st.SaveAndRelease(ctx, s)
+	} else {
+		err = m.st.Save(ctx, s)
+	}
+	if err != nil && (s.IsNew() || s.Modified()) {
+		return rs.fail(err) // the save failed (the lock is released all the same)
+	}
+	if err != nil {
+		m.log.Warn("httpsession: session lock release failed", "id", s.ID(), "err", err)
 	}
 	rs.saved = true
 	switch {
@@ -216,7 +241,7 @@ func (rs *reqState) beginLocked() bool {
 		return !rs.aborted.Load()
 	}
 	if rs.err == nil && rs.s != nil {
-		_ = rs.save()
+		_ = rs.save(false)
 	}
 	if rs.err != nil {
 		rs.aborted.Store(true)
@@ -255,13 +280,15 @@ func (rs *reqState) setHeaders() {
 	addVary(rs.w.Header())
 	switch {
 	case rs.s != nil && !rs.s.IsNew():
-		if id := rs.s.ID(); id != rs.cookie {
+		if id := rs.s.ID(); id != rs.clientID {
 			http.SetCookie(rs.w, rs.m.cookie(rs.req, id))
+			rs.clientID = id
 		}
 	case rs.destroyed && rs.hadCookie:
 		c := rs.m.cookie(rs.req, "")
 		c.MaxAge = -1
 		http.SetCookie(rs.w, c)
+		rs.clientID = ""
 	}
 }
 
@@ -301,6 +328,9 @@ func (rs *reqState) finish() {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	if !rs.started.Load() {
+		if rs.err == nil && rs.s != nil && rs.s.Locked() {
+			_ = rs.save(true) // save and release in one call, then the headers
+		}
 		rs.beginLocked()
 	}
 	rs.done = true
@@ -314,17 +344,19 @@ func (rs *reqState) finish() {
 			m.log.Warn("httpsession: session created after the response started: its cookie cannot be sent; not saved",
 				"path", rs.req.URL.Path)
 		} else {
-			before := s.ID()
-			if rs.save() == nil && s.ID() != before {
-				m.log.Warn("httpsession: session relocated after the response started: the client keeps the old cookie",
-					"from", before, "to", s.ID())
-			}
+			_ = rs.save(s.Locked())
 		}
 	}
 	if s != nil && s.Locked() {
 		rs.release()
 	}
-	if s != nil && !s.IsNew() && !rs.saved && rs.err == nil && !rs.destroyed {
+	if s != nil && !s.IsNew() && rs.err == nil && s.ID() != rs.clientID {
+		// Relocated (or renewed) after the response started.
+		m.stats.errors.Add(1)
+		m.log.Warn("httpsession: session id changed after the response started: the client keeps the old cookie",
+			"from", rs.clientID, "to", s.ID(), "path", rs.req.URL.Path)
+	}
+	if s != nil && !s.IsNew() && !rs.saved && rs.err == nil {
 		m.touchLater(rs.ctx, s)
 	}
 	if m.auto != nil && rs.used {
