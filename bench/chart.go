@@ -33,9 +33,13 @@ func writeChart(path string, cfg config, results []*result) error {
 		var p *plot.Plot
 		var err error
 		if sc == "throughput" {
-			p, err = rpsPanel(sc, rows)
+			p, err = rpsPanel(fmt.Sprintf("throughput: requests/s, %d clients, %.0f%% writes (higher is better)", cfg.throughputN, cfg.writeShare*100), rows)
 		} else {
-			p, err = latencyPanel(sc, rows)
+			n := cfg.concurrency
+			if sc == "shared-counter" {
+				n = cfg.sharedN
+			}
+			p, err = latencyPanel(fmt.Sprintf("%s: latency, %d clients (lower is better)", sc, n), rows)
 		}
 		if err != nil {
 			return err
@@ -114,8 +118,40 @@ func newPanel(title, ylabel string, rows []*result) *plot.Plot {
 	p.X.Tick.Label.XAlign = draw.XRight
 	p.X.Tick.Label.YAlign = draw.YTop
 	p.X.Tick.Label.Font.Size = vg.Points(11)
-	p.Add(plotter.NewGrid())
+	p.Y.Tick.Marker = niceTicks{}
+	g := plotter.NewGrid()
+	g.Vertical.Color = nil // no lines through the bars
+	p.Add(g)
 	return p
+}
+
+// niceTicks puts about five major ticks at round values (1, 2 or 5 times a
+// power of ten) with integer labels.
+type niceTicks struct{}
+
+func (niceTicks) Ticks(lo, hi float64) []plot.Tick {
+	if hi <= lo {
+		return []plot.Tick{{Value: lo, Label: fmt.Sprintf("%.0f", lo)}}
+	}
+	raw := (hi - lo) / 5
+	mag := math.Pow(10, math.Floor(math.Log10(raw)))
+	step := mag
+	for _, m := range []float64{1, 2, 5, 10} {
+		if m*mag >= raw {
+			step = m * mag
+			break
+		}
+	}
+	var ticks []plot.Tick
+	for v := math.Ceil(lo/step) * step; v <= hi+step*1e-9; v += step {
+		ticks = append(ticks, plot.Tick{Value: v, Label: fmt.Sprintf("%.0f", v)})
+		for k := 1; k < 5; k++ {
+			if m := v + float64(k)*step/5; m <= hi {
+				ticks = append(ticks, plot.Tick{Value: m})
+			}
+		}
+	}
+	return ticks
 }
 
 func bars(vals plotter.Values, c color.Color, w vg.Length, off vg.Length) (*plotter.BarChart, error) {
@@ -149,8 +185,8 @@ func valueLabels(vals plotter.Values, xoff float64, format string, size vg.Lengt
 	return l, nil
 }
 
-func latencyPanel(sc string, rows []*result) (*plot.Plot, error) {
-	p := newPanel(sc+": latency per request (lower is better)", "µs", rows)
+func latencyPanel(title string, rows []*result) (*plot.Plot, error) {
+	p := newPanel(title, "µs", rows)
 	p50 := make(plotter.Values, len(rows))
 	p99 := make(plotter.Values, len(rows))
 	for i, r := range rows {
@@ -173,13 +209,15 @@ func latencyPanel(sc string, rows []*result) (*plot.Plot, error) {
 	p.Legend.Add("p50", b50)
 	p.Legend.Add("p99", b99)
 	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.XOffs = vg.Points(8)
 	p.Legend.TextStyle.Font.Size = vg.Points(11)
-	p.Y.Max = maxOf(p99) * 1.12
+	p.Y.Max = maxOf(p99) * 1.3
 	return p, nil
 }
 
-func rpsPanel(sc string, rows []*result) (*plot.Plot, error) {
-	p := newPanel(sc+": requests per second (higher is better)", "requests/s", rows)
+func rpsPanel(title string, rows []*result) (*plot.Plot, error) {
+	p := newPanel(title, "requests/s", rows)
 	vals := make(plotter.Values, len(rows))
 	for i, r := range rows {
 		vals[i] = r.RPS

@@ -124,8 +124,8 @@ func newMcsession(name string, mode httpsession.LockMode, spec string, maxIdle i
 		writeInt(w, n)
 	})
 	return &impl{
-		name: name,
-		desc: fmt.Sprintf("mcsession httpsession, Locking=%s, 3 nodes with primary+backup writes", mode),
+		name:    name,
+		desc:    fmt.Sprintf("mcsession httpsession, Locking=%s, 3 nodes with primary+backup writes", mode),
 		handler: m.Middleware(mux),
 		close: func() {
 			m.Wait() // background touches

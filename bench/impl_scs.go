@@ -57,11 +57,18 @@ func memcacheExptime(expiry time.Time) int32 {
 
 // newSCS builds the scs implementation: scs.New() defaults (gob codec,
 // 24 h lifetime, no idle timeout, so an unchanged session is not rewritten)
-// with the store above on one node.
-func newSCS(addr string, maxIdle int) *impl {
+// with the store above on one node. With idle set (the opt-in "scs-idle")
+// it has the same 30 min idle timeout as mcsession, which scs implements by
+// rewriting the session on every request, read-only ones included.
+func newSCS(addr string, maxIdle int, idle bool) *impl {
 	mc := mcClient(addr, maxIdle)
 	sm := scs.New()
-	sm.Store = &scsStore{mc: mc, prefix: "scs:"}
+	name, desc := "scs", "alexedwards/scs/v2 v2.9.0 defaults (no idle timeout) + a gomemcache Store (get/set/delete) on n1"
+	if idle {
+		sm.IdleTimeout = sessionTTL
+		name, desc = "scs-idle", "scs as above with IdleTimeout 30 min: every request rewrites the session (get+set) on n1"
+	}
+	sm.Store = &scsStore{mc: mc, prefix: name + ":"}
 	sm.ErrorFunc = func(w http.ResponseWriter, r *http.Request, err error) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 	}
@@ -117,7 +124,7 @@ func newSCS(addr string, maxIdle int) *impl {
 		writeInt(w, sm.GetInt(ctx, "counter"))
 	})
 	return &impl{
-		name: "scs", desc: "alexedwards/scs/v2 v2.9.0 defaults + a gomemcache Store (get/set/delete) on n1",
+		name: name, desc: desc,
 		handler: sm.LoadAndSave(mux), close: func() { _ = mc.Close() },
 	}
 }

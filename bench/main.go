@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -36,6 +37,8 @@ var quietLog = log.New(io.Discard, "", 0)
 var (
 	allScenarios = []string{"read", "write", "new", "shared-counter", "throughput"}
 	allImpls     = []string{"floor", "floor-locked", "mcsession-none", "mcsession-all", "mcsession-auto", "scs", "gorilla"}
+	// extraImpls run only when named in -impls.
+	extraImpls = []string{"scs-idle"}
 )
 
 type config struct {
@@ -56,7 +59,7 @@ func main() {
 	var cfg config
 	var scen, impls string
 	flag.DurationVar(&cfg.duration, "duration", 2*time.Second, "measured time per scenario and implementation, split over -rounds interleaved rounds")
-	flag.IntVar(&cfg.rounds, "rounds", 3, "interleaved rounds per scenario (implementations take turns in a rotating order)")
+	flag.IntVar(&cfg.rounds, "rounds", 4, "interleaved rounds per scenario (implementations take turns in a rotating order)")
 	flag.DurationVar(&cfg.warmup, "warmup", 250*time.Millisecond, "unmeasured warm-up per scenario and implementation")
 	flag.IntVar(&cfg.concurrency, "concurrency", 4, "parallel clients (each with its own session) in the read, write and new scenarios")
 	flag.IntVar(&cfg.sharedN, "shared-clients", 16, "parallel clients sharing one session in shared-counter")
@@ -65,11 +68,11 @@ func main() {
 	flag.IntVar(&cfg.maxIdle, "max-idle-conns", 256, "gomemcache MaxIdleConns per node, the same for every implementation")
 	flag.StringVar(&cfg.out, "out", "out", "output directory for results.json, results.md and results.png")
 	flag.StringVar(&scen, "scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios to run")
-	flag.StringVar(&impls, "impls", strings.Join(allImpls, ","), "comma-separated implementations to run")
+	flag.StringVar(&impls, "impls", strings.Join(allImpls, ","), "comma-separated implementations to run; also available: "+strings.Join(extraImpls, ","))
 	flag.Parse()
 	var err error
 	if cfg.scenarios, err = pick(scen, allScenarios, "scenario"); err == nil {
-		cfg.impls, err = pick(impls, allImpls, "implementation")
+		cfg.impls, err = pick(impls, append(slices.Clone(allImpls), extraImpls...), "implementation")
 	}
 	if err == nil && (cfg.duration <= 0 || cfg.rounds < 1 || cfg.concurrency < 1 || cfg.sharedN < 1 ||
 		cfg.throughputN < 1 || cfg.maxIdle < 1 || cfg.warmup < 0 || cfg.writeShare < 0 || cfg.writeShare > 1) {
@@ -159,7 +162,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	var results []*result
 	done := 0
 	for _, sc := range cfg.scenarios {
-		rs, err := runScenario(ctx, cfg, hc, sc, impls, func(r *result) {
+		rs, err := runScenario(ctx, cfg, hc, sc, impls, cmdCounter(cluster), func(r *result) {
 			done++
 			fmt.Printf("[%2d/%d] %s\n", done, total, r.line())
 		})
@@ -193,6 +196,27 @@ func run(ctx context.Context, cfg config) (err error) {
 	return nil
 }
 
+// cmdCounter returns a function that sums, over every node, the memcached
+// commands served so far: keys asked by get/gets, storage commands (set,
+// add, cas), touches and deletes. A node that does not answer counts 0.
+func cmdCounter(c *mcproc.Cluster) func(context.Context) uint64 {
+	names := []string{"cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses"}
+	return func(ctx context.Context) uint64 {
+		var sum uint64
+		for _, n := range c.Nodes {
+			st, err := n.Stats(ctx)
+			if err != nil {
+				continue
+			}
+			for _, name := range names {
+				v, _ := strconv.ParseUint(st[name], 10, 64)
+				sum += v
+			}
+		}
+		return sum
+	}
+}
+
 func buildImpl(name, n1, spec string, maxIdle int) (*impl, error) {
 	switch name {
 	case "floor":
@@ -206,7 +230,9 @@ func buildImpl(name, n1, spec string, maxIdle int) (*impl, error) {
 	case "mcsession-auto":
 		return newMcsession(name, httpsession.LockAuto, spec, maxIdle)
 	case "scs":
-		return newSCS(n1, maxIdle), nil
+		return newSCS(n1, maxIdle, false), nil
+	case "scs-idle":
+		return newSCS(n1, maxIdle, true), nil
 	case "gorilla":
 		return newGorilla(n1, maxIdle), nil
 	}

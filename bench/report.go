@@ -105,9 +105,9 @@ func computeTargets(results []*result) []target {
 	if r := find(results, "shared-counter", "mcsession-all"); r != nil {
 		lost.known, lost.value, lost.met = true, float64(r.LostUpdates), r.LostUpdates == 0
 		var peers []string
-		for _, im := range []string{"scs", "gorilla", "floor", "floor-locked", "mcsession-none", "mcsession-auto"} {
-			if p := find(results, "shared-counter", im); p != nil {
-				peers = append(peers, fmt.Sprintf("%s %d", im, p.LostUpdates))
+		for _, p := range results {
+			if p.Scenario == "shared-counter" && p != r {
+				peers = append(peers, fmt.Sprintf("%s %d", p.Impl, p.LostUpdates))
 			}
 		}
 		lost.note = "others: " + strings.Join(peers, ", ")
@@ -172,20 +172,22 @@ func (rep *report) writeMarkdown(path string) error {
 		"Clients: %d (read, write, new; one session each), %d sharing one session (shared-counter), %d with distinct sessions, %.0f%% writes (throughput).\n\n",
 		rep.machine.Memcached, cfg.duration, cfg.rounds, cfg.warmup, cfg.concurrency, cfg.sharedN, cfg.throughputN, cfg.writeShare*100)
 
-	b.WriteString("| scenario | impl | p50 µs | p99 µs | rps | allocs/req | requests | failed | lost updates |\n")
-	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| scenario | impl | p50 µs | p99 µs | rps | allocs/req | mc cmds/req | requests | failed | lost updates |\n")
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rep.results {
 		lost := "–"
 		if r.Scenario == "shared-counter" {
 			lost = fmt.Sprintf("%d", r.LostUpdates)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.0f | %.1f | %d | %d | %s |\n",
-			r.Scenario, r.Impl, r.P50us, r.P99us, r.RPS, r.AllocsPerReq, r.Requests, r.errors, lost)
+		fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.0f | %.1f | %.2f | %d | %d | %s |\n",
+			r.Scenario, r.Impl, r.P50us, r.P99us, r.RPS, r.AllocsPerReq, r.cmdsPerReq(), r.Requests, r.errors, lost)
 	}
 	b.WriteString("\nLatency and rps count requests answered 200 only; \"failed\" counts the other answers " +
 		"(409 conflict, 503 lock timeout, 500) and transport errors. allocs/req is the process-wide `runtime.MemStats.Mallocs` " +
 		"delta over the measured windows divided by the requests answered 200: it includes the load generator and the HTTP " +
-		"server and client, which are the same for every implementation, so compare differences, not absolute values.\n")
+		"server and client, which are the same for every implementation, so compare differences, not absolute values. " +
+		"mc cmds/req is the memcached commands served by all nodes during the measured windows (keys of get/gets, set/add/cas, touch, delete, " +
+		"from the nodes' stats) per request sent, background work included.\n")
 
 	if sc := find(rep.results, "shared-counter", "mcsession-all"); sc != nil || hasScenario(rep.results, "shared-counter") {
 		b.WriteString("\nshared-counter: increments answered 200 (warm-up included) against the counter read back at the end:\n\n")

@@ -23,6 +23,7 @@ type result struct {
 	LostUpdates  int64   `json:"lost_updates"`
 
 	errors  uint64
+	mcCmds  uint64 // memcached commands (all nodes) during the measured windows
 	rounds  []roundStat
 	acked   uint64 // shared-counter: increments answered 200, warm-up included
 	final   int64  // shared-counter: the counter at the end
@@ -36,9 +37,18 @@ type roundStat struct {
 	p50, p99, rps float64
 }
 
+// cmdsPerReq is the memcached commands per request sent (answered 200 or
+// not) over the measured windows.
+func (r *result) cmdsPerReq() float64 {
+	if n := r.Requests + r.errors; n > 0 {
+		return float64(r.mcCmds) / float64(n)
+	}
+	return 0
+}
+
 func (r *result) line() string {
-	s := fmt.Sprintf("%-14s %-14s p50 %8.1fµs  p99 %9.1fµs  %8.0f rps  %6.1f allocs/req  %7d req",
-		r.Scenario, r.Impl, r.P50us, r.P99us, r.RPS, r.AllocsPerReq, r.Requests)
+	s := fmt.Sprintf("%-14s %-14s p50 %8.1fµs  p99 %9.1fµs  %7.0f rps  %5.1f allocs/req  %4.1f mc cmds/req  %6d req",
+		r.Scenario, r.Impl, r.P50us, r.P99us, r.RPS, r.AllocsPerReq, r.cmdsPerReq(), r.Requests)
 	if r.errors > 0 {
 		s += fmt.Sprintf("  %d failed", r.errors)
 	}
@@ -54,7 +64,7 @@ type opFunc func(v *vclient, ctx context.Context) (bool, error)
 // warm-up, then cfg.rounds measured windows of duration/rounds each, the
 // implementations taking turns in an order rotated every round so that
 // slow drifts of the machine spread over all of them.
-func runScenario(ctx context.Context, cfg config, hc *http.Client, sc string, impls []*impl, progress func(*result)) ([]*result, error) {
+func runScenario(ctx context.Context, cfg config, hc *http.Client, sc string, impls []*impl, mcCmds func(context.Context) uint64, progress func(*result)) ([]*result, error) {
 	n := cfg.concurrency
 	switch sc {
 	case "shared-counter":
@@ -115,6 +125,7 @@ func runScenario(ctx context.Context, cfg config, hc *http.Client, sc string, im
 				i = len(impls) - 1 - i
 			}
 			r := results[i]
+			cmds0 := mcCmds(ctx)
 			runtime.GC()
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
@@ -123,6 +134,7 @@ func runScenario(ctx context.Context, cfg config, hc *http.Client, sc string, im
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
+			r.mcCmds += mcCmds(ctx) - cmds0
 			r.h.merge(&w.h)
 			r.Requests += w.ok
 			r.acked += w.ok
