@@ -2,7 +2,7 @@
 # `make deps` installs memcached on Debian when it is missing.
 GO ?= go
 
-.PHONY: deps test vet bench
+.PHONY: deps test vet demo bench
 
 deps:
 	@command -v memcached >/dev/null 2>&1 || { \
@@ -15,6 +15,11 @@ vet:
 
 test: deps vet
 	$(GO) test -race -count=1 ./...
+
+# demo: 3 memcached nodes, 2 app servers and a round-robin proxy with a live
+# page (prints its URL; Ctrl-C stops everything).
+demo: deps
+	$(GO) run ./examples/cluster
 
 # bench: mcsession next to the floor (raw gomemcache) and peer libraries,
 # side by side on 3 local memcached nodes; writes bench/out/results.{json,md,png}
