@@ -3,14 +3,20 @@ package httpsession_test
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/mcsession/mcsession/httpsession"
+	"github.com/mcsession/mcsession/integration/mcproc"
+	"github.com/mcsession/mcsession/lock"
+	"github.com/mcsession/mcsession/store"
 )
 
 // TestNoSessionWithoutWrites checks that requests that never use the
@@ -305,4 +311,106 @@ func TestPanicReleasesLock(t *testing.T) {
 	r := c.do(e.b, "POST", "/incr?key=k")
 	require.Equal(t, http.StatusOK, r.code, "lock left held: %s", r.body)
 	require.Equal(t, "2", r.body)
+}
+
+// TestSecureAuto checks that SecureAuto marks the cookie Secure for TLS
+// requests only.
+func TestSecureAuto(t *testing.T) {
+	t.Parallel()
+	mc := mcproc.NewCluster(t, 1)
+	m, err := httpsession.New(newStore(t, mc.Spec(), lock.Config{}), httpsession.Options{Logger: discard})
+	require.NoError(t, err)
+	h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		require.NoError(t, m.Session(r).Set("k", 1))
+	}))
+	for _, target := range []string{"http://example.test/", "https://example.test/"} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", target, nil))
+		ck := sessionCookie(rec.Header())
+		require.NotNil(t, ck)
+		require.Equal(t, strings.HasPrefix(target, "https"), ck.Secure, target)
+	}
+}
+
+// TestConcurrentUseInOneRequest uses the session from several goroutines
+// of one handler, and after the request finished.
+func TestConcurrentUseInOneRequest(t *testing.T) {
+	t.Parallel()
+	mc := mcproc.NewCluster(t, 2)
+	m, err := httpsession.New(newStore(t, mc.Spec(), lock.Config{}), httpsession.Options{Logger: discard})
+	require.NoError(t, err)
+	var leaked *httpsession.Session
+	h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := m.Session(r)
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := s.Set("k"+strconv.Itoa(i), i); err != nil {
+					t.Error(err)
+				}
+				if _, _, err := httpsession.Get[int](s, "k0"); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		leaked = s
+	}))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/", nil))
+	require.Equal(t, http.StatusOK, rec.Code)
+	ck := sessionCookie(rec.Header())
+	require.NotNil(t, ck)
+	require.ErrorIs(t, leaked.Set("late", 1), httpsession.ErrRequestDone)
+	_, err = leaked.Keys()
+	require.ErrorIs(t, err, httpsession.ErrRequestDone)
+
+	var keys []string
+	h = m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		keys, err = m.Session(r).Keys()
+	}))
+	req := httptest.NewRequest("GET", "/", nil)
+	req.AddCookie(&http.Cookie{Name: ck.Name, Value: ck.Value})
+	h.ServeHTTP(httptest.NewRecorder(), req)
+	require.NoError(t, err)
+	require.Len(t, keys, 8)
+}
+
+// TestCustomErrorHandler checks that Options.ErrorHandler decides the
+// answer for unreachable memcached, and that the handler's own response
+// (and headers) are discarded.
+func TestCustomErrorHandler(t *testing.T) {
+	t.Parallel()
+	// Nothing listens on port 1: every node is down.
+	st := newStore(t, "n1=127.0.0.1:1,n2=127.0.0.2:1", lock.Config{})
+	var got error
+	m, err := httpsession.New(st, httpsession.Options{Logger: discard,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			got = err
+			require.Nil(t, httpsession.FromContext(r.Context()))
+			w.WriteHeader(http.StatusBadGateway)
+		}})
+	require.NoError(t, err)
+	var writeErr error
+	h := m.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = m.Session(r).Set("k", 1) // error ignored on purpose
+		w.Header().Set("X-Handler", "1")
+		_, writeErr = w.Write([]byte("handler body"))
+	}))
+	for range 4 { // closed breakers first, then open ones
+		rec := httptest.NewRecorder()
+		rec.Header().Set("X-Outer", "kept")
+		start := time.Now()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/", nil))
+		require.Less(t, time.Since(start), 2*time.Second)
+		require.Equal(t, http.StatusBadGateway, rec.Code)
+		require.Empty(t, rec.Body.String())
+		require.Empty(t, rec.Header().Get("X-Handler"))
+		require.Equal(t, "kept", rec.Header().Get("X-Outer"))
+		require.ErrorIs(t, writeErr, httpsession.ErrAborted)
+		require.ErrorIs(t, got, store.ErrUnavailable)
+		require.Equal(t, http.StatusServiceUnavailable, httpsession.StatusCode(got))
+	}
 }
