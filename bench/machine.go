@@ -19,12 +19,28 @@ type machine struct {
 	Kernel     string
 	Go         string
 	Memcached  string
+	LoadStart  string // /proc/loadavg when the run started
+	LoadEnd    string // and when it ended
+}
+
+// loadavg returns the 1, 5 and 15 minute load averages, "" if unknown.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func describeMachine() machine {
 	m := machine{
 		CPU: "unknown", NProc: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
 		Memory: "unknown", Kernel: runtime.GOOS + "/" + runtime.GOARCH, Go: runtime.Version(), Memcached: "unknown",
+		LoadStart: loadavg(),
 	}
 	if v := procField("/proc/cpuinfo", "model name"); v != "" {
 		m.CPU = v

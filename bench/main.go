@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,6 +52,7 @@ type config struct {
 	writeShare  float64
 	maxIdle     int
 	out         string
+	cpuprofile  string
 	scenarios   []string
 	impls       []string
 }
@@ -67,6 +69,7 @@ func main() {
 	flag.Float64Var(&cfg.writeShare, "write-share", 0.2, "share of writes in throughput")
 	flag.IntVar(&cfg.maxIdle, "max-idle-conns", 256, "gomemcache MaxIdleConns per node, the same for every implementation")
 	flag.StringVar(&cfg.out, "out", "out", "output directory for results.json, results.md and results.png")
+	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run (servers, client and libraries) to this file")
 	flag.StringVar(&scen, "scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios to run")
 	flag.StringVar(&impls, "impls", strings.Join(allImpls, ","), "comma-separated implementations to run; also available: "+strings.Join(extraImpls, ","))
 	flag.Parse()
@@ -162,6 +165,18 @@ func run(ctx context.Context, cfg config) (err error) {
 	fmt.Printf("%d scenarios x %d implementations, %v measured each (%d interleaved rounds) after %v warm-up; concurrency %d, shared-counter %d, throughput %d\n",
 		len(cfg.scenarios), len(impls), cfg.duration, cfg.rounds, cfg.warmup, cfg.concurrency, cfg.sharedN, cfg.throughputN)
 
+	if cfg.cpuprofile != "" {
+		f, err := os.Create(cfg.cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+
 	hc := newHTTPClient()
 	defer hc.CloseIdleConnections()
 	var results []*result
@@ -177,6 +192,7 @@ func run(ctx context.Context, cfg config) (err error) {
 		results = append(results, rs...)
 	}
 	elapsed := time.Since(started)
+	mach.LoadEnd = loadavg()
 
 	rep := &report{cfg: cfg, results: results, machine: mach, elapsed: elapsed, spec: spec, impls: impls}
 	rep.targets = computeTargets(results)

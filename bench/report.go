@@ -234,6 +234,9 @@ func (rep *report) writeMarkdown(path string) error {
 	fmt.Fprintf(&b, "- Go: %s, GOMAXPROCS %d\n", m.Go, m.GOMAXPROCS)
 	fmt.Fprintf(&b, "- memcached: %s (3 local nodes, 2 threads each)\n", m.Memcached)
 	b.WriteString("- the load generator, the HTTP servers and the 3 memcached nodes share the machine's CPUs\n")
+	if m.LoadStart != "" {
+		fmt.Fprintf(&b, "- load average (1, 5, 15 min) at the start: %s; at the end: %s (anything else running on the machine shows here)\n", m.LoadStart, m.LoadEnd)
+	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
