@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"sync"
+	"sync/atomic"
 )
 
 // LockFlag overrides the Manager's locking mode for one request.
@@ -75,48 +76,54 @@ func SetLocking(r *http.Request, f LockFlag) error {
 	return nil
 }
 
-// learner remembers, per route, whether LockAuto still locks it.
+// learner remembers, per route, whether LockAuto still locks it. Lookups
+// of known routes take a read lock only.
 type learner struct {
-	threshold, max int
+	threshold, max int32
 
-	mu     sync.Mutex
+	mu     sync.RWMutex
 	routes map[string]*route
 }
 
 type route struct {
-	clean    int  // consecutive requests that did not modify the session
-	modifies bool // modified the session once: locked for good
+	clean    atomic.Int32 // consecutive requests that did not modify the session
+	modifies atomic.Bool  // modified the session once: locked for good
 }
 
 func newLearner(threshold, max int) *learner {
-	return &learner{threshold: threshold, max: max, routes: make(map[string]*route)}
+	return &learner{threshold: int32(threshold), max: int32(max), routes: make(map[string]*route)}
 }
 
 // locks reports whether requests of the route key are locked.
 func (l *learner) locks(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.mu.RLock()
 	rt := l.routes[key]
-	return rt == nil || rt.modifies || rt.clean < l.threshold
+	l.mu.RUnlock()
+	return rt == nil || rt.modifies.Load() || rt.clean.Load() < l.threshold
 }
 
 // record notes a finished request of the route key.
 func (l *learner) record(key string, modified bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.mu.RLock()
 	rt := l.routes[key]
+	l.mu.RUnlock()
 	if rt == nil {
-		if len(l.routes) >= l.max {
-			return // unknown routes beyond the bound stay locked
+		l.mu.Lock()
+		if rt = l.routes[key]; rt == nil {
+			if int32(len(l.routes)) >= l.max {
+				l.mu.Unlock()
+				return // unknown routes beyond the bound stay locked
+			}
+			rt = &route{}
+			l.routes[key] = rt
 		}
-		rt = &route{}
-		l.routes[key] = rt
+		l.mu.Unlock()
 	}
 	switch {
 	case modified:
-		rt.modifies = true
-	case !rt.modifies:
-		rt.clean++
+		rt.modifies.Store(true)
+	case !rt.modifies.Load() && rt.clean.Load() < l.threshold:
+		rt.clean.Add(1)
 	}
 }
 
