@@ -372,7 +372,7 @@ func TestAutoRouteBound(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 1, httpsession.Options{Locking: httpsession.LockAuto, AutoThreshold: 1, MaxAutoRoutes: 2}, nil)
 	c := newClient(t)
-	c.ok(e.a, "POST", "/incr") // learned: POST /incr modifies (route 1)
+	c.ok(e.a, "POST", "/incr")                                // learned: POST /incr modifies (route 1)
 	require.Equal(t, "true", c.ok(e.a, "GET", "/read?id=a"))  // route 2
 	require.Equal(t, "false", c.ok(e.a, "GET", "/read?id=b")) // learned after 1
 	require.Equal(t, "true", c.ok(e.a, "POST", "/maybe"))     // route 3: beyond the bound
