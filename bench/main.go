@@ -160,6 +160,20 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 
 	mach := describeMachine()
+	nodesCPU := func() float64 {
+		var sum float64
+		for _, n := range cluster.Nodes {
+			st, err := n.Stats(ctx)
+			if err != nil {
+				continue
+			}
+			u, _ := strconv.ParseFloat(st["rusage_user"], 64)
+			sy, _ := strconv.ParseFloat(st["rusage_system"], 64)
+			sum += u + sy
+		}
+		return sum
+	}
+	cpu0 := sampleCPU(nodesCPU)
 	total := len(cfg.scenarios) * len(impls)
 	fmt.Printf("mcsession bench: memcached %s, nodes %s\n", mach.Memcached, spec)
 	fmt.Printf("%d scenarios x %d implementations, %v measured each (%d interleaved rounds) after %v warm-up; concurrency %d, shared-counter %d, throughput %d\n",
@@ -193,6 +207,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 	elapsed := time.Since(started)
 	mach.LoadEnd = loadavg()
+	mach.Foreign, mach.ForeignOK = foreignShare(cpu0, sampleCPU(nodesCPU))
 
 	rep := &report{cfg: cfg, results: results, machine: mach, elapsed: elapsed, spec: spec, impls: impls}
 	rep.targets = computeTargets(results)
@@ -212,6 +227,13 @@ func run(ctx context.Context, cfg config) (err error) {
 	fmt.Println("targets (reported, not asserted):")
 	for _, t := range rep.targets {
 		fmt.Println("  " + t.line())
+	}
+	if mach.ForeignOK {
+		fmt.Printf("\nother processes used %.0f%% of the machine's CPU during the run", mach.Foreign*100)
+		if mach.Foreign > 0.10 {
+			fmt.Print(": the machine was busy, numbers are disturbed; run again when it is quiet")
+		}
+		fmt.Println()
 	}
 	fmt.Printf("\nwrote %s/results.{json,md,png} in %v\n", cfg.out, elapsed.Round(100*time.Millisecond))
 	return nil

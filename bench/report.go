@@ -235,7 +235,14 @@ func (rep *report) writeMarkdown(path string) error {
 	fmt.Fprintf(&b, "- memcached: %s (3 local nodes, 2 threads each)\n", m.Memcached)
 	b.WriteString("- the load generator, the HTTP servers and the 3 memcached nodes share the machine's CPUs\n")
 	if m.LoadStart != "" {
-		fmt.Fprintf(&b, "- load average (1, 5, 15 min) at the start: %s; at the end: %s (anything else running on the machine shows here)\n", m.LoadStart, m.LoadEnd)
+		fmt.Fprintf(&b, "- load average (1, 5, 15 min) at the start: %s; at the end: %s (the bench's own load included)\n", m.LoadStart, m.LoadEnd)
+	}
+	if m.ForeignOK {
+		fmt.Fprintf(&b, "- CPU used by other processes during the run: %.0f%% of the machine (user+nice+system+steal time from /proc/stat minus the bench's and the memcached nodes' own CPU time; an estimate)", m.Foreign*100)
+		if m.Foreign > 0.10 {
+			b.WriteString(" — the machine was busy: these numbers are disturbed")
+		}
+		b.WriteString("\n")
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
 }
