@@ -75,42 +75,65 @@ func (st *Store) decode(id string, it *memcache.Item) (*Session, error) {
 // the nodes after it in list order, skipping the ones whose breaker is
 // open. It returns the node that had it, ErrNotFound when every reachable
 // candidate missed, and ErrUnavailable when none answered.
-func (st *Store) findBackup(ctx context.Context, id, node, bkey string) (*Session, string, error) {
+//
+// With base set (the primary is down), each candidate is also asked, in
+// the same "gets", for the session already relocated there by a parallel
+// request (id base-<candidate>); moved then reports that the returned
+// session is that primary copy, under its new id.
+func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (s *Session, from string, moved bool, err error) {
 	answered := false
 	var lastErr error
 	for _, cand := range st.cluster.BackupCandidates(node) {
 		if !st.cluster.Healthy(cand) {
 			continue
 		}
-		it, err := st.cluster.Get(ctx, cand, bkey)
-		if errors.Is(err, replica.ErrMiss) {
-			answered = true
-			continue
+		keys := []string{bkey}
+		movedID := ""
+		if base != "" {
+			movedID = makeID(base, cand)
+			movedKey, _, _ := st.Keys(movedID)
+			keys = append(keys, movedKey)
 		}
+		items, err := st.cluster.GetMulti(ctx, cand, keys)
 		if err != nil {
 			lastErr = err
 			continue
 		}
+		if len(keys) > 1 {
+			if it, ok := items[keys[1]]; ok {
+				s, err := st.decode(movedID, it)
+				if err != nil {
+					return nil, "", false, err
+				}
+				s.oldID = id
+				return s, cand, true, nil
+			}
+		}
+		it, ok := items[bkey]
+		if !ok {
+			answered = true
+			continue
+		}
 		s, err := st.decode(id, it)
 		if err != nil {
-			return nil, "", err
+			return nil, "", false, err
 		}
 		s.casID = 0 // the CAS id of the backup copy means nothing on the primary
-		return s, cand, nil
+		return s, cand, false, nil
 	}
 	if answered {
-		return nil, "", fmt.Errorf("%w: %s", ErrNotFound, id)
+		return nil, "", false, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	if lastErr == nil {
 		lastErr = replica.ErrNoHealthyNode
 	}
-	return nil, "", fmt.Errorf("%w: backup of %s: %w", ErrUnavailable, id, lastErr)
+	return nil, "", false, fmt.Errorf("%w: backup of %s: %w", ErrUnavailable, id, lastErr)
 }
 
 // restore handles a primary that answered "miss": when a backup copy
 // exists, it is written back to the primary under the same id.
 func (st *Store) restore(ctx context.Context, id, node, key, bkey string) (*Session, error) {
-	s, _, err := st.findBackup(ctx, id, node, bkey)
+	s, _, _, err := st.findBackup(ctx, id, "", node, bkey)
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
 			// The primary answered miss and no backup could be read: the
@@ -131,7 +154,11 @@ func (st *Store) restore(ctx context.Context, id, node, key, bkey string) (*Sess
 // relocate handles a primary that is down: the backup copy becomes the
 // primary copy of id base-<backup node>, with a new backup.
 func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, cause error) (*Session, error) {
-	s, from, err := st.findBackup(ctx, id, node, bkey)
+	s, from, moved, err := st.findBackup(ctx, id, base, node, bkey)
+	if moved {
+		st.stats.loads.Add(1)
+		return s, nil // a parallel request relocated it already
+	}
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			// The primary did not answer, so a missing backup does not prove

@@ -579,3 +579,25 @@ func TestNewSessionAvoidsAJustKilledNode(t *testing.T) {
 		require.True(t, got.Has("k"))
 	}
 }
+
+func TestParallelRequestsWithTheOldIDAfterRelocation(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	a, b := newStore(t, c, nil), newStore(t, c, nil)
+	ctx := context.Background()
+	s := saved(t, a, map[string]any{"k": "v"})
+	id := s.ID()
+	require.NoError(t, c.Node(nodeOf(id)).Kill())
+
+	first, err := a.Load(ctx, id) // relocates: the old backup key becomes the new primary copy
+	require.NoError(t, err)
+	// A request that was sent with the old cookie at the same time finds
+	// the relocated copy instead of a missing backup.
+	second, err := b.Load(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, first.ID(), second.ID())
+	require.Equal(t, id, second.PreviousID())
+	require.True(t, second.Has("k"))
+	require.NoError(t, second.Set("k", "w"))
+	require.NoError(t, b.Save(ctx, second), "saved with the CAS id of the relocated copy")
+	require.Equal(t, uint64(1), a.Stats().Relocations+b.Stats().Relocations)
+}
