@@ -131,9 +131,18 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (s
 }
 
 // restore handles a primary that answered "miss": when a backup copy
-// exists, it is written back to the primary under the same id.
+// exists, it is written back to the primary under the same id. When the
+// session was relocated to another node meanwhile, that copy is returned
+// under its new id instead.
 func (st *Store) restore(ctx context.Context, id, node, key, bkey string) (*Session, error) {
-	s, _, _, err := st.findBackup(ctx, id, "", node, bkey)
+	base, _, _ := splitID(id)
+	s, _, moved, err := st.findBackup(ctx, id, base, node, bkey)
+	if moved {
+		// A request with an old id after the session moved away from this
+		// node (which has since restarted empty): return the moved copy.
+		st.stats.loads.Add(1)
+		return s, nil
+	}
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) {
 			// The primary answered miss and no backup could be read: the

@@ -63,6 +63,14 @@ func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 		_ = lk.Release(context.WithoutCancel(ctx))
 		return nil, err
 	}
+	if s.ID() != id {
+		// Relocated meanwhile: lock it where it lives now.
+		_ = lk.Release(context.WithoutCancel(ctx))
+		if err := st.Lock(ctx, s); err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
 	s.lock = &heldLock{lk: lk}
 	return s, nil
 }

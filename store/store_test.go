@@ -601,3 +601,29 @@ func TestParallelRequestsWithTheOldIDAfterRelocation(t *testing.T) {
 	require.NoError(t, b.Save(ctx, second), "saved with the CAS id of the relocated copy")
 	require.Equal(t, uint64(1), a.Stats().Relocations+b.Stats().Relocations)
 }
+
+func TestOldIDAfterItsNodeRestartedEmpty(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	s := saved(t, st, map[string]any{"n": 1})
+	id := s.ID()
+	first := c.Node(nodeOf(id))
+	require.NoError(t, first.Kill())
+	moved, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	require.NoError(t, moved.Set("n", 2))
+	require.NoError(t, st.Save(ctx, moved))
+	require.NoError(t, first.Restart(ctx))
+
+	// A late request still carrying the first id: the node answers "miss"
+	// and the old backup key is gone, but the relocated copy is found.
+	for _, load := range []func(context.Context, string) (*store.Session, error){st.Load, st.LoadLocked} {
+		var got *store.Session
+		require.Eventually(t, func() bool { got, err = load(ctx, id); return err == nil }, 3*time.Second, 50*time.Millisecond, "%v", err)
+		require.Equal(t, moved.ID(), got.ID())
+		n, _, _ := store.Get[int](got, "n")
+		require.Equal(t, 2, n)
+		require.NoError(t, st.SaveAndRelease(ctx, got))
+	}
+}
