@@ -20,6 +20,7 @@ type machine struct {
 	Kernel     string
 	Go         string
 	Memcached  string
+	Commit     string // the library's git commit, "+ local changes" when dirty
 	LoadStart  string // /proc/loadavg when the run started
 	LoadEnd    string // and when it ended
 	// Foreign is the share of all CPU time during the run used by other
@@ -59,6 +60,12 @@ func describeMachine() machine {
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = fmt.Sprintf("Linux %s (%s)", strings.TrimSpace(string(b)), runtime.GOARCH)
+	}
+	if out, err := exec.Command("git", "-C", "..", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		m.Commit = strings.TrimSpace(string(out))
+		if st, err := exec.Command("git", "-C", "..", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+			m.Commit += " + uncommitted changes"
+		}
 	}
 	if out, err := exec.Command("memcached", "-V").Output(); err == nil {
 		m.Memcached = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(out)), "memcached "))

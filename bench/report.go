@@ -232,6 +232,9 @@ func (rep *report) writeMarkdown(path string) error {
 	fmt.Fprintf(&b, "- memory: %s\n", m.Memory)
 	fmt.Fprintf(&b, "- OS: %s\n", m.Kernel)
 	fmt.Fprintf(&b, "- Go: %s, GOMAXPROCS %d\n", m.Go, m.GOMAXPROCS)
+	if m.Commit != "" {
+		fmt.Fprintf(&b, "- mcsession: commit %s\n", m.Commit)
+	}
 	fmt.Fprintf(&b, "- memcached: %s (3 local nodes, 2 threads each)\n", m.Memcached)
 	b.WriteString("- the load generator, the HTTP servers and the 3 memcached nodes share the machine's CPUs\n")
 	if m.LoadStart != "" {
