@@ -115,6 +115,9 @@ func New(cluster *replica.Cluster, cfg Config) (*Locker, error) {
 	if cfg.RenewEvery == 0 {
 		cfg.RenewEvery = cfg.TTL / 3
 	}
+	if cfg.RenewEvery >= cfg.TTL {
+		return nil, fmt.Errorf("lock: RenewEvery %v must be shorter than TTL %v, or the lock expires between renewals", cfg.RenewEvery, cfg.TTL)
+	}
 	return &Locker{cluster: cluster, cfg: cfg}, nil
 }
 

@@ -63,6 +63,7 @@ func TestLockNewConfig(t *testing.T) {
 			RenewEvery: lock.DefaultTTL / 3}},
 		{name: "ttl under 1s", cfg: lock.Config{TTL: 999 * time.Millisecond}, wantErr: true},
 		{name: "ttl 1ns", cfg: lock.Config{TTL: time.Nanosecond}, wantErr: true},
+		{name: "renewal as slow as the ttl", cfg: lock.Config{TTL: 2 * time.Second, RenewEvery: 2 * time.Second}, wantErr: true},
 		{name: "ttl 1s", cfg: lock.Config{TTL: time.Second, RenewEvery: -1}, want: lock.Config{
 			TTL: time.Second, WaitTimeout: lock.DefaultWaitTimeout,
 			BackoffStart: lock.DefaultBackoffStart, BackoffMax: lock.DefaultBackoffMax,

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -17,6 +18,8 @@ const (
 	ModeAdd
 	// ModeCAS stores it only when its CAS id is unchanged (loaded sessions).
 	ModeCAS
+	// ModeReplace stores it only when the key exists; otherwise ErrNotStored.
+	ModeReplace
 )
 
 // Write is one replicated write: an item on the primary node and a copy
@@ -27,36 +30,45 @@ type Write struct {
 	Item    *memcache.Item
 	Mode    Mode
 	// Backup is the backup node id, or "" for no backup copy. BackupItem
-	// is written there with set.
+	// is written there with BackupMode: ModeSet (the zero value) or
+	// ModeReplace (only over an existing copy).
 	Backup     string
 	BackupItem *memcache.Item
+	BackupMode Mode
 }
 
 // Replicate performs w: the primary and the backup write run in parallel
 // and Replicate returns when both have answered. It returns the primary's
 // error and the backup's error separately, since a failed backup write
 // leaves the session saved but unprotected. Failed backup writes are
-// counted (FailedBackupWrites).
+// counted (FailedBackupWrites); a ModeReplace backup write that found no
+// copy (ErrNotStored) is an answer, not a failure.
 func (c *Cluster) Replicate(ctx context.Context, w Write) (primaryErr, backupErr error) {
 	var done chan error
 	if w.Backup != "" && w.BackupItem != nil {
 		done = make(chan error, 1)
-		go func() { done <- c.Set(ctx, w.Backup, w.BackupItem) }()
+		go func() { done <- c.write(ctx, w.Backup, w.BackupItem, w.BackupMode) }()
 	}
-	switch w.Mode {
-	case ModeAdd:
-		primaryErr = c.Add(ctx, w.Primary, w.Item)
-	case ModeCAS:
-		primaryErr = c.CompareAndSwap(ctx, w.Primary, w.Item)
-	case ModeSet:
-		primaryErr = c.Set(ctx, w.Primary, w.Item)
-	default:
-		primaryErr = fmt.Errorf("replica: unknown write mode %d", w.Mode)
-	}
+	primaryErr = c.write(ctx, w.Primary, w.Item, w.Mode)
 	if done != nil {
-		if backupErr = <-done; backupErr != nil {
+		if backupErr = <-done; backupErr != nil && !errors.Is(backupErr, ErrNotStored) {
 			c.backups.Add(1)
 		}
 	}
 	return primaryErr, backupErr
+}
+
+// write stores item on node with mode.
+func (c *Cluster) write(ctx context.Context, node string, item *memcache.Item, mode Mode) error {
+	switch mode {
+	case ModeAdd:
+		return c.Add(ctx, node, item)
+	case ModeCAS:
+		return c.CompareAndSwap(ctx, node, item)
+	case ModeSet:
+		return c.Set(ctx, node, item)
+	case ModeReplace:
+		return c.exec(ctx, node, func(mc *memcache.Client) error { return mc.Replace(item) })
+	}
+	return fmt.Errorf("replica: unknown write mode %d", mode)
 }

@@ -151,7 +151,7 @@ func (st *Store) restore(ctx context.Context, id, node, key, bkey string) (*Sess
 		}
 		return nil, err
 	}
-	if err := st.putPrimary(ctx, s, node, key); err != nil {
+	if err := st.putPrimary(ctx, s, node, key, false); err != nil {
 		return nil, fmt.Errorf("store: restore %s: %w", id, err)
 	}
 	st.stats.restores.Add(1)
@@ -176,7 +176,7 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 		}
 		return nil, err
 	}
-	if err := st.moveTo(ctx, s, base, node, from); err != nil {
+	if err := st.moveTo(ctx, s, base, node, from, false); err != nil {
 		return nil, fmt.Errorf("store: relocate %s to %s: %w", id, from, err)
 	}
 	st.stats.loads.Add(1)
@@ -188,7 +188,11 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 // base-<target>, after node dead failed: it writes s there (higher version
 // wins), writes a backup copy on the next healthy node other than dead,
 // and deletes the old backup key on target. On return s has its new id.
-func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target string) error {
+//
+// With saving set (a save whose primary failed), a copy already at target
+// with the same or a higher version is a conflict (ErrConflict) rather than
+// the copy to adopt, since s holds changes of its own.
+func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target string, saving bool) error {
 	oldID := s.ID()
 	newID := makeID(base, target)
 	newKey, newBkey, _ := st.Keys(newID)
@@ -199,7 +203,7 @@ func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target stri
 		s.oldID = oldID
 	}
 	s.mu.Unlock()
-	if err := st.putPrimary(ctx, s, target, newKey); err != nil {
+	if err := st.putPrimary(ctx, s, target, newKey, saving); err != nil {
 		return err
 	}
 	if b := st.cluster.BackupOf(target, dead); b != "" {
@@ -222,7 +226,9 @@ func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target stri
 // the higher version wins: a lower stored version is replaced with cas, an
 // equal or higher one is loaded instead. On return s carries the CAS id of
 // the primary copy.
-func (st *Store) putPrimary(ctx context.Context, s *Session, node, key string) error {
+//
+// With saving set, an equal or higher stored version is ErrConflict instead.
+func (st *Store) putPrimary(ctx context.Context, s *Session, node, key string, saving bool) error {
 	exp, ok := s.exptime()
 	if !ok {
 		return ErrNotFound
@@ -248,6 +254,9 @@ func (st *Store) putPrimary(ctx context.Context, s *Session, node, key string) e
 			return nil
 		}
 		there, derr := codec.DecodeRecord(st.codec, it.Value)
+		if derr == nil && there.Version >= version && saving {
+			return fmt.Errorf("%w: %s: version %d is there already", ErrConflict, key, there.Version)
+		}
 		if derr == nil && there.Version >= version {
 			cur, derr := st.decode(key, it)
 			if derr != nil {

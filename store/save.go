@@ -76,6 +76,11 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 		Primary: node, Item: &memcache.Item{Key: key, Value: raw, Expiration: exp, CasID: casID}, Mode: mode,
 		Backup: backup, BackupItem: &memcache.Item{Key: bkey, Value: raw, Expiration: exp},
 	}
+	if mode == replica.ModeCAS {
+		// Overwrite the backup copy only where one exists, so that a stale
+		// save cannot bring back a session that was deleted meanwhile.
+		w.BackupMode = replica.ModeReplace
+	}
 	pErr, bErr := st.cluster.Replicate(ctx, w)
 	for tried := []string{node}; isNew && errors.Is(pErr, replica.ErrNodeDown); {
 		// A new session is stored nowhere yet: try the next healthy node
@@ -94,30 +99,50 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 		s.mu.Unlock()
 		pErr, bErr = st.cluster.Replicate(ctx, w)
 	}
-	if bErr != nil {
+	backupMissing := errors.Is(bErr, replica.ErrNotStored)
+	if mode == replica.ModeCAS && errors.Is(pErr, replica.ErrMiss) {
+		if backup == "" || backupMissing || bErr != nil {
+			// Neither copy exists any more: the session was deleted (or
+			// both nodes lost it) after it was loaded. Never recreate it.
+			st.stats.conflicts.Add(1)
+			return fmt.Errorf("%w: %s was deleted concurrently", ErrConflict, id)
+		}
+		// The backup copy is there (and now holds this version) but the
+		// primary lost its copy (restarted empty, evicted): create it again,
+		// unless someone else did first.
+		pErr = st.cluster.Add(ctx, node, w.Item)
+	}
+	if pErr == nil && backupMissing {
+		// The backup node has no copy (it restarted, or the backup moved to
+		// another node): write one now that the primary write succeeded.
+		bErr = st.cluster.Set(ctx, backup, w.BackupItem)
+	}
+	if bErr != nil && !errors.Is(bErr, replica.ErrNotStored) {
 		st.stats.backupFailures.Add(1)
 		st.log.Warn("backup write failed: session saved on its primary only", "id", id, "node", backup, "err", bErr)
-	}
-	if mode == replica.ModeCAS && errors.Is(pErr, replica.ErrMiss) {
-		// The primary lost the item (restarted empty, evicted or expired):
-		// create it again, unless someone else did first.
-		w.Mode = replica.ModeAdd
-		pErr = st.cluster.Add(ctx, node, w.Item)
 	}
 	switch {
 	case pErr == nil:
 	case errors.Is(pErr, replica.ErrCASConflict) || errors.Is(pErr, replica.ErrNotStored):
 		st.stats.conflicts.Add(1)
 		if backup != "" && bErr == nil {
-			st.repairBackup(ctx, node, key, backup, bkey)
+			st.repairBackup(ctx, node, key, backup, bkey, exp)
 		}
 		return fmt.Errorf("%w: %s", ErrConflict, id)
 	case errors.Is(pErr, replica.ErrNodeDown) && !isNew && backup != "" && bErr == nil:
-		// The new version is safe on the backup node: make it the primary.
+		// The new version is safe on the backup node: make it the primary,
+		// unless a parallel request already moved a version as new there.
 		s.mu.Lock()
 		s.version = version
 		s.mu.Unlock()
-		if err := st.moveTo(ctx, s, base, node, backup); err != nil {
+		if err := st.moveTo(ctx, s, base, node, backup, true); err != nil {
+			s.mu.Lock()
+			s.version = version - 1
+			s.mu.Unlock()
+			if errors.Is(err, ErrConflict) {
+				st.stats.conflicts.Add(1)
+				return fmt.Errorf("store: save %s: %w", id, err)
+			}
 			return fmt.Errorf("%w: save %s: primary: %w; relocation: %w", ErrUnavailable, id, pErr, err)
 		}
 		st.log.Warn("session relocated on save after its primary failed", "from", id, "to", s.ID(), "cause", pErr)
@@ -156,13 +181,18 @@ func (st *Store) currentCAS(ctx context.Context, id, node string, want uint64) (
 }
 
 // repairBackup rewrites the backup copy from the primary after a refused
-// save overwrote the backup with the losing version.
-func (st *Store) repairBackup(ctx context.Context, node, key, backup, bkey string) {
+// save overwrote the backup with the losing version; exp is the exptime of
+// that save (gomemcache does not report an item's exptime on reads).
+func (st *Store) repairBackup(ctx context.Context, node, key, backup, bkey string, exp int32) {
 	it, err := st.cluster.Get(ctx, node, key)
+	if errors.Is(err, replica.ErrMiss) {
+		_ = st.cluster.Delete(ctx, backup, bkey) // the session is gone
+		return
+	}
 	if err != nil {
 		return
 	}
-	_ = st.cluster.Set(ctx, backup, &memcache.Item{Key: bkey, Value: it.Value, Expiration: it.Expiration})
+	_ = st.cluster.Set(ctx, backup, &memcache.Item{Key: bkey, Value: it.Value, Expiration: exp})
 }
 
 // Touch refreshes the idle timeout of a saved session on its primary and
@@ -189,7 +219,10 @@ func (st *Store) Touch(ctx context.Context, s *Session) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = st.cluster.Touch(ctx, b, bkey, exp)
+			if err := st.cluster.Touch(ctx, b, bkey, exp); err != nil {
+				st.stats.backupFailures.Add(1)
+				st.log.Warn("backup touch failed: the backup copy may expire before the session", "id", id, "node", b, "err", err)
+			}
 		}()
 	}
 	err := st.cluster.Touch(ctx, node, key, exp)
@@ -212,33 +245,42 @@ func (st *Store) Delete(ctx context.Context, id string) error {
 		return nil
 	}
 	key, bkey, lkey := st.Keys(id)
-	type del struct{ node, key string }
-	dels := []del{{node, key}, {node, lkey}}
-	for _, n := range st.cluster.BackupCandidates(node) {
-		dels = append(dels, del{n, bkey})
+	// Backups first, then the primary copy, then the lock: a request
+	// waiting for the lock finds nothing to load, and a stale save finds
+	// neither copy and does not recreate the session.
+	var errs []error
+	backups := st.cluster.BackupCandidates(node)
+	errs = append(errs, st.deleteAll(ctx, backups, bkey, false)...)
+	errs = append(errs, st.deleteAll(ctx, []string{node}, key, true)...)
+	errs = append(errs, st.deleteAll(ctx, []string{node}, lkey, true)...)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: delete %s: %w", ErrUnavailable, id, err)
 	}
-	errs := make([]error, len(dels))
+	return nil
+}
+
+// deleteAll deletes key on every node in parallel. Nodes whose breaker is
+// open are skipped, and reported as errors when mustAnswer is set.
+func (st *Store) deleteAll(ctx context.Context, nodes []string, key string, mustAnswer bool) []error {
+	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
-	for i, d := range dels {
-		if !st.cluster.Healthy(d.node) {
-			if d.key != bkey {
-				errs[i] = fmt.Errorf("%w: %s on %s", replica.ErrNodeDown, d.key, d.node)
+	for i, n := range nodes {
+		if !st.cluster.Healthy(n) {
+			if mustAnswer {
+				errs[i] = fmt.Errorf("%w: %s on %s", replica.ErrNodeDown, key, n)
 			}
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := st.cluster.Delete(ctx, d.node, d.key); err != nil && !errors.Is(err, replica.ErrMiss) {
+			if err := st.cluster.Delete(ctx, n, key); err != nil && !errors.Is(err, replica.ErrMiss) {
 				errs[i] = err
 			}
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("%w: delete %s: %w", ErrUnavailable, id, err)
-	}
-	return nil
+	return errs
 }
 
 // RenewID gives s a new random id (on login, against session fixation),
@@ -279,7 +321,9 @@ func (st *Store) RenewID(ctx context.Context, s *Session) error {
 		s.mu.Lock()
 		s.lock = &heldLock{lk: lk}
 		s.mu.Unlock()
-		held.release(ctx) // the old lock item is deleted below anyway
+		// The old lock is released only after the old id is deleted below,
+		// so that no waiting request can load the old id in between.
+		defer func() { _ = held.release(ctx) }()
 	}
 	s.mu.Lock()
 	s.isNew, s.casID = true, 0 // written with add under the new id

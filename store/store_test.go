@@ -1,8 +1,11 @@
 package store_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -626,4 +629,114 @@ func TestOldIDAfterItsNodeRestartedEmpty(t *testing.T) {
 		require.Equal(t, 2, n)
 		require.NoError(t, st.SaveAndRelease(ctx, got))
 	}
+}
+
+// metaTTL returns memcached's remaining TTL of key in seconds (-1: never
+// expires), read with the meta get command.
+func metaTTL(t *testing.T, addr, key string) int {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = fmt.Fprintf(conn, "mg %s t\r\n", key)
+	require.NoError(t, err)
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	require.NoError(t, err)
+	var ttl int
+	_, err = fmt.Sscanf(line, "HD t%d", &ttl)
+	require.NoError(t, err, "answer %q", line)
+	return ttl
+}
+
+func TestStaleSaveDoesNotBringBackADeletedSession(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	for name, remove := range map[string]func(*store.Session) error{
+		"destroy": func(s *store.Session) error { return st.Destroy(ctx, s) },
+		"renew":   func(s *store.Session) error { return st.RenewID(ctx, s) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			id := saved(t, st, map[string]any{"user": "alice"}).ID()
+			stale, err := st.Load(ctx, id) // an unlocked request in parallel
+			require.NoError(t, err)
+			other, err := st.Load(ctx, id)
+			require.NoError(t, err)
+			require.NoError(t, remove(other))
+
+			require.NoError(t, stale.Set("cart", 1))
+			require.ErrorIs(t, st.Save(ctx, stale), store.ErrConflict)
+			_, err = st.Load(ctx, id)
+			require.ErrorIs(t, err, store.ErrNotFound, "the old id stays dead")
+			for _, n := range c.Nodes {
+				for _, k := range []string{id, "bak:" + id} {
+					_, err := get(t, c, n.ID, k)
+					require.ErrorIs(t, err, memcache.ErrCacheMiss, "%s on %s", k, n.ID)
+				}
+			}
+		})
+	}
+}
+
+func TestSaveAfterPrimaryRestartedEmptyRecreatesIt(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	id := saved(t, st, map[string]any{"n": 1}).ID()
+	s, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	require.NoError(t, c.Node(nodeOf(id)).Restart(ctx))
+	require.NoError(t, s.Set("n", 2))
+	require.NoError(t, st.Save(ctx, s), "the backup copy proves the session lives")
+	got, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	n, _, _ := store.Get[int](got, "n")
+	require.Equal(t, 2, n)
+}
+
+func TestConflictRepairKeepsTheBackupTTL(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	st := newStore(t, c, func(cfg *store.Config) { cfg.IdleTimeout = time.Hour })
+	ctx := context.Background()
+	id := saved(t, st, map[string]any{"a": 1}).ID()
+	a, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	b, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	require.NoError(t, a.Set("a", 2))
+	require.NoError(t, st.Save(ctx, a))
+	require.NoError(t, b.Set("a", 3))
+	require.ErrorIs(t, st.Save(ctx, b), store.ErrConflict)
+	_, backup, _ := st.Placement(id)
+	_, bkey, _ := st.Keys(id)
+	ttl := metaTTL(t, c.Node(backup).Addr(), bkey)
+	require.Greater(t, ttl, 3500)
+	require.LessOrEqual(t, ttl, 3601)
+	got, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	n, _, _ := store.Get[int](got, "a")
+	require.Equal(t, 2, n)
+}
+
+func TestTwoUnlockedSavesWhilePrimaryIsDown(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	id := saved(t, st, map[string]any{"n": 0}).ID()
+	a, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	b, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	require.NoError(t, c.Node(nodeOf(id)).Kill())
+	require.NoError(t, a.Set("a", "A"))
+	require.NoError(t, st.Save(ctx, a), "relocated on save")
+	require.NotEqual(t, id, a.ID())
+	require.NoError(t, b.Set("b", "B"))
+	// A moved the session and removed the old backup key: B's save has no
+	// copy to build on and must fail rather than drop b silently.
+	err = st.Save(ctx, b)
+	require.True(t, errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrUnavailable), "got %v", err)
+	cur, err := st.Load(ctx, a.ID())
+	require.NoError(t, err)
+	require.Equal(t, []string{"a", "n"}, cur.Keys())
 }
