@@ -225,17 +225,21 @@ func (m *Manager) commitContext(ctx context.Context) (context.Context, context.C
 	return context.WithTimeout(context.WithoutCancel(ctx), m.opts.CommitTimeout)
 }
 
-// touchLater refreshes the idle timeout of s in the background.
+// touchLater refreshes the idle timeout of s in the background, when it
+// is due (store.Config.TouchAfter).
 func (m *Manager) touchLater(ctx context.Context, s *store.Session) {
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.TouchTimeout)
 		defer cancel()
-		if err := m.st.Touch(ctx, s); err != nil {
+		touched, err := m.st.TouchIfDue(ctx, s)
+		if err != nil {
 			m.log.Debug("session idle-timeout refresh failed", "id", s.ID(), "err", err)
 			return
 		}
-		m.stats.touches.Add(1)
+		if touched {
+			m.stats.touches.Add(1)
+		}
 	}()
 }

@@ -113,6 +113,17 @@ func TestReadOnlyRequestCost(t *testing.T) {
 	require.Equal(t, sets, stat("cmd_set"), "an unchanged session was written")
 	require.Equal(t, touches+2, stat("cmd_touch"), "primary and backup touched")
 	require.Equal(t, uint64(1), e.b.m.Stats().Touches)
+
+	// Refreshed just now by this server (b), and written just now by a: a
+	// read-only request on either is one gets and nothing else.
+	for _, srv := range []*server{e.b, e.a} {
+		require.Equal(t, "1", c.ok(srv, "GET", "/get?key=k"))
+		srv.m.Wait()
+	}
+	require.Equal(t, gets+3, stat("cmd_get"))
+	require.Equal(t, touches+2, stat("cmd_touch"), "refresh not due yet (store.Config.TouchAfter)")
+	require.Equal(t, uint64(1), e.b.m.Stats().Touches)
+	require.Equal(t, uint64(0), e.a.m.Stats().Touches)
 }
 
 // TestIgnoredPaths checks that ignored requests make no memcached call,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/mcsession/mcsession/replica"
@@ -40,6 +41,7 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 	if len(raw) > st.maxSize {
 		return fmt.Errorf("%w: %s encodes to %d bytes, limit %d", ErrTooLarge, id, len(raw), st.maxSize)
 	}
+	start := time.Now()
 	exp, ok := s.exptime()
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrExpired, id)
@@ -152,6 +154,9 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 		return fmt.Errorf("store: save %s: %w", id, pErr)
 	}
 	st.stats.saves.Add(1)
+	if bErr == nil {
+		st.refreshed.note(s.ID(), start, st.touchAfter(s.IdleTimeout()))
+	}
 	s.mu.Lock()
 	s.version, s.saved, s.isNew = version, changes, false
 	if pErr == nil {
@@ -205,6 +210,7 @@ func (st *Store) Touch(ctx context.Context, s *Session) error {
 	if isNew {
 		return nil
 	}
+	start := time.Now()
 	exp, ok := s.exptime()
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrExpired, id)
@@ -214,12 +220,28 @@ func (st *Store) Touch(ctx context.Context, s *Session) error {
 		return fmt.Errorf("store: touch: malformed id %q", id)
 	}
 	key, bkey, _ := st.Keys(id)
-	var wg sync.WaitGroup
+	var (
+		wg        sync.WaitGroup
+		backupErr error
+	)
 	if b := st.cluster.BackupOf(node); b != "" {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := st.cluster.Touch(ctx, b, bkey, exp); err != nil {
+			err := st.cluster.Touch(ctx, b, bkey, exp)
+			if errors.Is(err, replica.ErrMiss) {
+				// The backup node lost its copy (it restarted): write one
+				// again, unless a save wrote a newer one meanwhile.
+				var raw []byte
+				if raw, _, _, err = s.encode(0); err == nil {
+					err = st.cluster.Add(ctx, b, &memcache.Item{Key: bkey, Value: raw, Expiration: exp})
+					if errors.Is(err, replica.ErrNotStored) {
+						err = nil
+					}
+				}
+			}
+			if err != nil {
+				backupErr = err
 				st.stats.backupFailures.Add(1)
 				st.log.Warn("backup touch failed: the backup copy may expire before the session", "id", id, "node", b, "err", err)
 			}
@@ -228,6 +250,9 @@ func (st *Store) Touch(ctx context.Context, s *Session) error {
 	err := st.cluster.Touch(ctx, node, key, exp)
 	wg.Wait()
 	st.stats.touches.Add(1)
+	if err == nil && backupErr == nil {
+		st.refreshed.note(id, start, st.touchAfter(s.IdleTimeout()))
+	}
 	if err != nil && !errors.Is(err, replica.ErrMiss) {
 		return fmt.Errorf("store: touch %s: %w", id, err)
 	}
@@ -244,6 +269,7 @@ func (st *Store) Delete(ctx context.Context, id string) error {
 	if !ok {
 		return nil
 	}
+	st.refreshed.forget(id)
 	key, bkey, lkey := st.Keys(id)
 	// Backups first, then the primary copy, then the lock: a request
 	// waiting for the lock finds nothing to load, and a stale save finds

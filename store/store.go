@@ -66,6 +66,13 @@ type Config struct {
 	// Lifetime is the absolute lifetime of a session from its creation.
 	// Default DefaultLifetime (24 h).
 	Lifetime time.Duration
+	// TouchAfter is how long after this Store wrote or touched a session
+	// TouchIfDue skips refreshing its idle timeout again, so that a stream
+	// of read-only requests does not touch memcached on every request (the
+	// session may then expire up to TouchAfter earlier than its idle
+	// timeout says). Default 0: a tenth of the session's idle timeout. A
+	// negative value refreshes on every TouchIfDue.
+	TouchAfter time.Duration
 	// MaxSize is the largest encoded session Save writes. Default
 	// DefaultMaxSize (1000 KiB); raise it only with memcached's -I.
 	MaxSize int
@@ -86,13 +93,16 @@ type Store struct {
 	life    time.Duration
 	maxSize int
 	locker  *lock.Locker
-	log     *slog.Logger
-	stats   counters
+	// touchEvery is Config.TouchAfter; refreshed records recent refreshes.
+	touchEvery time.Duration
+	refreshed  *refreshLog
+	log        *slog.Logger
+	stats      counters
 }
 
 // counters are the store's event counts.
 type counters struct {
-	loads, saves, skipped, touches, conflicts, restores, relocations, corrupt, backupFailures atomic.Uint64
+	loads, saves, skipped, touches, touchesSkipped, conflicts, restores, relocations, corrupt, backupFailures atomic.Uint64
 }
 
 // Stats is a snapshot of a Store's event counts since it was created.
@@ -105,6 +115,8 @@ type Stats struct {
 	SkippedSaves uint64
 	// Touches counts idle-timeout refreshes.
 	Touches uint64
+	// TouchesSkipped counts refreshes TouchIfDue skipped as not yet due.
+	TouchesSkipped uint64
 	// Conflicts counts saves refused with ErrConflict.
 	Conflicts uint64
 	// Restores counts sessions copied back from the backup to a primary
@@ -148,7 +160,7 @@ func New(cfg Config) (*Store, error) {
 	return &Store{
 		cluster: cfg.Cluster, codec: cfg.Codec, prefix: cfg.KeyPrefix,
 		idle: cfg.IdleTimeout, life: cfg.Lifetime, maxSize: cfg.MaxSize,
-		locker: locker, log: cfg.Logger,
+		locker: locker, log: cfg.Logger, touchEvery: cfg.TouchAfter, refreshed: newRefreshLog(),
 	}, nil
 }
 
@@ -172,7 +184,7 @@ func (st *Store) Stats() Stats {
 	c := &st.stats
 	return Stats{
 		Loads: c.loads.Load(), Saves: c.saves.Load(), SkippedSaves: c.skipped.Load(),
-		Touches: c.touches.Load(), Conflicts: c.conflicts.Load(), Restores: c.restores.Load(),
+		Touches: c.touches.Load(), TouchesSkipped: c.touchesSkipped.Load(), Conflicts: c.conflicts.Load(), Restores: c.restores.Load(),
 		Relocations: c.relocations.Load(), Corrupt: c.corrupt.Load(), BackupFailures: c.backupFailures.Load(),
 	}
 }

@@ -740,3 +740,77 @@ func TestTwoUnlockedSavesWhilePrimaryIsDown(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"a", "n"}, cur.Keys())
 }
+
+func TestTouchIfDue(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	ctx := context.Background()
+	touches := func() uint64 { return sumStat(t, c, "cmd_touch") }
+
+	t.Run("skipped right after a save or touch by the same store", func(t *testing.T) {
+		st := newStore(t, c, func(cfg *store.Config) { cfg.IdleTimeout = time.Hour }) // due after 6 min
+		other := newStore(t, c, nil)
+		id := saved(t, st, map[string]any{"k": 1}).ID()
+		s, err := st.Load(ctx, id)
+		require.NoError(t, err)
+		before := touches()
+		touched, err := st.TouchIfDue(ctx, s)
+		require.NoError(t, err)
+		require.False(t, touched)
+		require.Equal(t, before, touches())
+		require.Equal(t, uint64(1), st.Stats().TouchesSkipped)
+
+		// Another app server has no record: it touches once, then skips.
+		s2, err := other.Load(ctx, id)
+		require.NoError(t, err)
+		for _, want := range []bool{true, false} {
+			touched, err = other.TouchIfDue(ctx, s2)
+			require.NoError(t, err)
+			require.Equal(t, want, touched)
+		}
+		require.Equal(t, before+2, touches(), "primary and backup, once")
+	})
+
+	t.Run("due once TouchAfter passed", func(t *testing.T) {
+		st := newStore(t, c, func(cfg *store.Config) { cfg.TouchAfter = 200 * time.Millisecond })
+		s := saved(t, st, map[string]any{"k": 1})
+		touched, err := st.TouchIfDue(ctx, s)
+		require.NoError(t, err)
+		require.False(t, touched)
+		time.Sleep(250 * time.Millisecond)
+		touched, err = st.TouchIfDue(ctx, s)
+		require.NoError(t, err)
+		require.True(t, touched)
+	})
+
+	t.Run("negative TouchAfter always touches", func(t *testing.T) {
+		st := newStore(t, c, func(cfg *store.Config) { cfg.TouchAfter = -1 })
+		s := saved(t, st, map[string]any{"k": 1})
+		touched, err := st.TouchIfDue(ctx, s)
+		require.NoError(t, err)
+		require.True(t, touched)
+	})
+}
+
+func TestTouchRewritesALostBackupCopy(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	s := saved(t, st, map[string]any{"k": "v"})
+	_, backup, _ := st.Placement(s.ID())
+	require.NoError(t, c.Node(backup).Restart(ctx)) // the backup copy is gone
+	got, err := st.Load(ctx, s.ID())
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		if st.Touch(ctx, got) != nil {
+			return false
+		}
+		_, err := get(t, c, backup, "bak:"+s.ID())
+		return err == nil
+	}, 3*time.Second, 50*time.Millisecond, "the touch wrote the backup copy again")
+
+	// And the session now survives the loss of its primary.
+	require.NoError(t, c.Node(nodeOf(s.ID())).Kill())
+	moved, err := st.Load(ctx, s.ID())
+	require.NoError(t, err)
+	require.True(t, moved.Has("k"))
+}
