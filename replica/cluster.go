@@ -70,6 +70,7 @@ type node struct {
 	Node
 	client  *memcache.Client
 	breaker *gobreaker.CircuitBreaker[struct{}]
+	failed  atomic.Int64 // unix nanoseconds of the last failure; 0 = never
 }
 
 // New validates cfg and builds a Cluster. It does not contact the nodes.
@@ -151,6 +152,19 @@ func (c *Cluster) NodeIDs() []string {
 func (c *Cluster) Healthy(id string) bool {
 	n, ok := c.byID[id]
 	return ok && n.breaker.State() != gobreaker.StateOpen
+}
+
+// FailedWithin reports whether an operation on the node failed (or was
+// refused by its open breaker) within the last d: a node that was
+// unreachable that recently may still hold copies of sessions that moved
+// to other nodes while it was away.
+func (c *Cluster) FailedWithin(id string, d time.Duration) bool {
+	n, ok := c.byID[id]
+	if !ok {
+		return false
+	}
+	t := n.failed.Load()
+	return t != 0 && time.Since(time.Unix(0, t)) < d
 }
 
 // NodeStatus describes one node for dashboards and logs.
@@ -262,6 +276,7 @@ func (c *Cluster) exec(ctx context.Context, id string, op func(*memcache.Client)
 	if err == nil || isAnswer(err) {
 		return err
 	}
+	n.failed.Store(time.Now().UnixNano())
 	return fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
 }
 

@@ -38,6 +38,9 @@ func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
 		if derr != nil {
 			return nil, derr
 		}
+		if moved := st.newerMoved(ctx, s, base, node); moved != nil {
+			s = moved
+		}
 		st.stats.loads.Add(1)
 		return s, nil
 	case errors.Is(err, replica.ErrMiss):
@@ -128,6 +131,40 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (s
 		lastErr = replica.ErrNoHealthyNode
 	}
 	return nil, "", false, fmt.Errorf("%w: backup of %s: %w", ErrUnavailable, id, lastErr)
+}
+
+// newerMoved guards against a node that failed recently and came back
+// with the copies it had: while a session's node is in that window (one
+// idle timeout after its last failure, as seen by this Store), the nodes
+// the session may have been relocated to are asked for a copy under
+// base-<node>, and a newer one found there is returned instead of s.
+// Otherwise (the usual case) it costs nothing and returns nil.
+func (st *Store) newerMoved(ctx context.Context, s *Session, base, node string) *Session {
+	if !st.cluster.FailedWithin(node, s.IdleTimeout()) {
+		return nil
+	}
+	var best *Session
+	for _, cand := range st.cluster.BackupCandidates(node) {
+		if !st.cluster.Healthy(cand) {
+			continue
+		}
+		movedID := makeID(base, cand)
+		key, _, _ := st.Keys(movedID)
+		it, err := st.cluster.Get(ctx, cand, key)
+		if err != nil {
+			continue
+		}
+		m, err := st.decode(movedID, it)
+		if err != nil || m.version <= s.version || best != nil && m.version <= best.version {
+			continue
+		}
+		m.oldID = s.id
+		best = m
+	}
+	if best != nil {
+		st.log.Warn("stale copy on a node that failed recently: loading the relocated one", "id", s.id, "to", best.id)
+	}
+	return best
 }
 
 // restore handles a primary that answered "miss": when a backup copy

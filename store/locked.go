@@ -30,7 +30,7 @@ func (st *Store) Locker() *lock.Locker { return st.locker }
 //
 // Release the lock with SaveAndRelease or Release.
 func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
-	_, node, ok := st.parse(id)
+	base, node, ok := st.parse(id)
 	if !ok {
 		return nil, ErrNotFound
 	}
@@ -54,6 +54,9 @@ func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 	if it, found := items[key]; found {
 		s, err = st.decode(id, it)
 		if err == nil {
+			if moved := st.newerMoved(ctx, s, base, node); moved != nil {
+				s = moved // locked again below, where it lives now
+			}
 			st.stats.loads.Add(1)
 		}
 	} else {

@@ -814,3 +814,32 @@ func TestTouchRewritesALostBackupCopy(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, moved.Has("k"))
 }
+
+func TestNodeBackFromAPartitionServesNoStaleCopy(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	id := saved(t, st, map[string]any{"n": 1}).ID()
+	first := c.Node(nodeOf(id))
+
+	require.NoError(t, first.Pause()) // hung: timeouts, data kept
+	moved, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	require.NotEqual(t, id, moved.ID())
+	require.NoError(t, moved.Set("n", 2))
+	require.NoError(t, st.Save(ctx, moved))
+	require.NoError(t, first.Resume())
+
+	// The node is back with version 1 under the old id; a late request with
+	// the old cookie must get version 2, for reading and under the lock.
+	_, err = get(t, c, first.ID, id)
+	require.NoError(t, err, "the stale copy is there")
+	for _, load := range []func(context.Context, string) (*store.Session, error){st.Load, st.LoadLocked} {
+		var got *store.Session
+		require.Eventually(t, func() bool { got, err = load(ctx, id); return err == nil }, 5*time.Second, 50*time.Millisecond, "%v", err)
+		require.Equal(t, moved.ID(), got.ID())
+		n, _, _ := store.Get[int](got, "n")
+		require.Equal(t, 2, n)
+		require.NoError(t, st.SaveAndRelease(ctx, got))
+	}
+}
