@@ -100,6 +100,7 @@ func (rs *reqState) load(ctx context.Context, force bool) error {
 		}
 		return nil
 	case errors.Is(err, store.ErrNotFound):
+		m.log.Debug("httpsession: session cookie names no session; a write starts a fresh one", "cookie", rs.cookie, "err", err)
 		return nil
 	default:
 		return rs.fail(err)

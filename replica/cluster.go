@@ -71,6 +71,7 @@ type node struct {
 	client  *memcache.Client
 	breaker *gobreaker.CircuitBreaker[struct{}]
 	failed  atomic.Int64 // unix nanoseconds of the last failure; 0 = never
+	refused atomic.Bool  // the last failure was a refused connection
 }
 
 // New validates cfg and builds a Cluster. It does not contact the nodes.
@@ -165,6 +166,14 @@ func (c *Cluster) FailedWithin(id string, d time.Duration) bool {
 	}
 	t := n.failed.Load()
 	return t != 0 && time.Since(time.Unix(0, t)) < d
+}
+
+// Gone reports whether the node's last failure was a refused connection:
+// no memcached process listens there, so whatever it held is lost (a hung
+// or unreachable node, which times out instead, may still have its data).
+func (c *Cluster) Gone(id string) bool {
+	n, ok := c.byID[id]
+	return ok && n.refused.Load()
 }
 
 // NodeStatus describes one node for dashboards and logs.
@@ -276,7 +285,10 @@ func (c *Cluster) exec(ctx context.Context, id string, op func(*memcache.Client)
 	if err == nil || isAnswer(err) {
 		return err
 	}
-	n.failed.Store(time.Now().UnixNano())
+	if !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) {
+		n.failed.Store(time.Now().UnixNano())
+		n.refused.Store(errors.Is(err, syscall.ECONNREFUSED))
+	}
 	return fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
 }
 

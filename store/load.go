@@ -24,7 +24,10 @@ import (
 // Load returns ErrNotFound for an id that does not parse, names an unknown
 // node, is unknown, expired or corrupt: no memcached call is made for an id
 // that does not parse. It returns ErrUnavailable when no node that could
-// hold the session answered.
+// hold the session answered, and when the primary node times out (it may
+// be hung, and come back with the session) while no backup copy is found;
+// a primary that refuses connections has lost its data, and the session is
+// then not found.
 func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
 	base, node, ok := st.parse(id)
 	if !ok {
@@ -79,13 +82,20 @@ func (st *Store) decode(id string, it *memcache.Item) (*Session, error) {
 // open. It returns the node that had it, ErrNotFound when every reachable
 // candidate missed, and ErrUnavailable when none answered.
 //
-// With base set (the primary is down), each candidate is also asked, in
-// the same "gets", for the session already relocated there by a parallel
-// request (id base-<candidate>); moved then reports that the returned
-// session is that primary copy, under its new id.
-func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (s *Session, from string, moved bool, err error) {
+// With base set, each candidate is also asked, in the same "gets", for the
+// session relocated there (id base-<candidate>) by a parallel request or an
+// earlier failure; moved then reports that the returned session is that
+// primary copy, under its new id. Every reachable candidate is read and the
+// highest version wins (a moved copy on a tie, since it needs no write):
+// a node that hung and came back may hold an old copy of either kind.
+func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (best *Session, from string, moved bool, err error) {
 	answered := false
 	var lastErr error
+	consider := func(s *Session, cand string, isMoved bool) {
+		if best == nil || s.version > best.version || s.version == best.version && isMoved && !moved {
+			best, from, moved = s, cand, isMoved
+		}
+	}
 	for _, cand := range st.cluster.BackupCandidates(node) {
 		if !st.cluster.Healthy(cand) {
 			continue
@@ -102,27 +112,24 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (s
 			lastErr = err
 			continue
 		}
+		answered = true
 		if len(keys) > 1 {
 			if it, ok := items[keys[1]]; ok {
-				s, err := st.decode(movedID, it)
-				if err != nil {
-					return nil, "", false, err
+				if s, err := st.decode(movedID, it); err == nil {
+					s.oldID = id
+					consider(s, cand, true)
 				}
-				s.oldID = id
-				return s, cand, true, nil
 			}
 		}
-		it, ok := items[bkey]
-		if !ok {
-			answered = true
-			continue
+		if it, ok := items[bkey]; ok {
+			if s, err := st.decode(id, it); err == nil {
+				s.casID = 0 // the CAS id of the backup copy means nothing on the primary
+				consider(s, cand, false)
+			}
 		}
-		s, err := st.decode(id, it)
-		if err != nil {
-			return nil, "", false, err
-		}
-		s.casID = 0 // the CAS id of the backup copy means nothing on the primary
-		return s, cand, false, nil
+	}
+	if best != nil {
+		return best, from, moved, nil
 	}
 	if answered {
 		return nil, "", false, fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -205,12 +212,14 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 		st.stats.loads.Add(1)
 		return s, nil // a parallel request relocated it already
 	}
+	if errors.Is(err, ErrNotFound) && !st.cluster.Gone(node) {
+		// The primary timed out rather than refused: it may come back with
+		// the session, so a missing backup proves nothing. Answer
+		// "unavailable" (retry later) rather than start a fresh session.
+		st.log.Warn("primary not answering and no backup copy found", "id", id, "cause", cause)
+		return nil, fmt.Errorf("%w: %s: primary not answering, no backup copy: %w", ErrUnavailable, id, cause)
+	}
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			// The primary did not answer, so a missing backup does not prove
-			// the session is gone; but nothing can be read either way.
-			st.log.Warn("primary down and no backup copy found", "id", id, "cause", cause)
-		}
 		return nil, err
 	}
 	if err := st.moveTo(ctx, s, base, node, from, false); err != nil {

@@ -843,3 +843,27 @@ func TestNodeBackFromAPartitionServesNoStaleCopy(t *testing.T) {
 		require.NoError(t, st.SaveAndRelease(ctx, got))
 	}
 }
+
+func TestPrimaryDownWithoutBackup(t *testing.T) {
+	ctx := context.Background()
+	for name, tc := range map[string]struct {
+		fault func(*mcproc.Node) error
+		want  error
+	}{
+		"hung: it may come back with the session": {(*mcproc.Node).Pause, store.ErrUnavailable},
+		"crashed: its data is gone":               {(*mcproc.Node).Kill, store.ErrNotFound},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := mcproc.NewCluster(t, 2)
+			st := newStore(t, c, nil)
+			id := saved(t, st, map[string]any{"k": "v"}).ID()
+			_, backup, _ := st.Placement(id)
+			require.NoError(t, c.Node(backup).Client().Delete("bak:"+id))
+			primary := c.Node(nodeOf(id))
+			require.NoError(t, tc.fault(primary))
+			t.Cleanup(func() { _ = primary.Resume() })
+			_, err := st.Load(ctx, id)
+			require.ErrorIs(t, err, tc.want)
+		})
+	}
+}
