@@ -13,8 +13,11 @@ deps:
 vet:
 	$(GO) vet ./...
 
+# test also vets and tests the bench module (its own go.mod), so that a
+# change to the library cannot silently break `make bench`.
 test: deps vet
 	$(GO) test -race -count=1 ./...
+	cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # demo: 3 memcached nodes, 2 app servers and a round-robin proxy with a live
 # page (prints its URL; Ctrl-C stops everything).
