@@ -14,40 +14,8 @@ import (
 
 	"github.com/mcsession/mcsession/integration/mcproc"
 	"github.com/mcsession/mcsession/lock"
-	"github.com/mcsession/mcsession/replica"
 	"github.com/mcsession/mcsession/store"
 )
-
-// lkStore builds a Store over the nodes of c with its own replica cluster,
-// as one app server would, with lock configuration lc.
-func lkStore(t testing.TB, c *mcproc.Cluster, lc lock.Config) *store.Store {
-	t.Helper()
-	nodes, err := replica.ParseNodes(c.Spec())
-	require.NoError(t, err)
-	rc, err := replica.New(replica.Config{Nodes: nodes})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = rc.Close() })
-	st, err := store.New(store.Config{Cluster: rc, Lock: lc})
-	require.NoError(t, err)
-	return st
-}
-
-// lkSaved creates and saves a session holding the given attributes and
-// returns its id.
-func lkSaved(t testing.TB, st *store.Store, attrs map[string]any) string {
-	t.Helper()
-	ctx := context.Background()
-	s, err := st.New(ctx)
-	require.NoError(t, err)
-	for k, v := range attrs {
-		require.NoError(t, s.Set(k, v))
-	}
-	require.NoError(t, st.Save(ctx, s))
-	return s.ID()
-}
-
-// lkNode returns the node suffix of a session id.
-func lkNode(id string) string { return id[strings.LastIndexByte(id, '-')+1:] }
 
 // lkItem reads key from node with a plain client; nil when absent.
 func lkItem(t testing.TB, c *mcproc.Cluster, node, key string) *memcache.Item {
@@ -116,7 +84,8 @@ func TestLockLostUpdate(t *testing.T) {
 	const workers, attempts = 16, 1000
 	c := mcproc.NewCluster(t, 3)
 	lc := lock.Config{WaitTimeout: 10 * time.Second}
-	stores := []*store.Store{lkStore(t, c, lc), lkStore(t, c, lc)}
+	withLock := func(cfg *store.Config) { cfg.Lock = lc }
+	stores := []*store.Store{newStore(t, c, withLock), newStore(t, c, withLock)}
 
 	tests := []struct {
 		name  string
@@ -172,7 +141,7 @@ func TestLockLostUpdate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			id := lkSaved(t, stores[0], map[string]any{"n": 0})
+			id := saved(t, stores[0], map[string]any{"n": 0}).ID()
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()
 			start := time.Now()
@@ -187,7 +156,7 @@ func TestLockLostUpdate(t *testing.T) {
 			t.Logf("%s: %d attempts in %v: counter %d, %d saves ok, %d conflicts",
 				tt.name, attempts, time.Since(start).Round(time.Millisecond), final, res.ok.Load(), res.conflicts.Load())
 			tt.check(t, final, res)
-			require.Nil(t, lkItem(t, c, lkNode(id), "lock:"+id), "no lock left behind")
+			require.Nil(t, lkItem(t, c, nodeOf(id), "lock:"+id), "no lock left behind")
 		})
 	}
 	var lm lock.Metrics
@@ -207,9 +176,10 @@ func TestLockExpiredHolderConflict(t *testing.T) {
 	t.Parallel()
 	c := mcproc.NewCluster(t, 2)
 	lc := lock.Config{TTL: time.Second, RenewEvery: -1, WaitTimeout: 5 * time.Second}
-	stA, stB := lkStore(t, c, lc), lkStore(t, c, lc)
+	withLock := func(cfg *store.Config) { cfg.Lock = lc }
+	stA, stB := newStore(t, c, withLock), newStore(t, c, withLock)
 	ctx := context.Background()
-	id := lkSaved(t, stA, map[string]any{"owner": "nobody"})
+	id := saved(t, stA, map[string]any{"owner": "nobody"}).ID()
 
 	a, err := stA.LoadLocked(ctx, id)
 	require.NoError(t, err)
@@ -251,12 +221,12 @@ func TestLockExpiredHolderConflict(t *testing.T) {
 func TestLockReleaseNonOwner(t *testing.T) {
 	t.Parallel()
 	c := mcproc.NewCluster(t, 2)
-	stA := lkStore(t, c, lock.Config{TTL: time.Second, RenewEvery: -1})
-	stB := lkStore(t, c, lock.Config{WaitTimeout: 5 * time.Second})
+	stA := newStore(t, c, func(cfg *store.Config) { cfg.Lock = lock.Config{TTL: time.Second, RenewEvery: -1} })
+	stB := newStore(t, c, func(cfg *store.Config) { cfg.Lock = lock.Config{WaitTimeout: 5 * time.Second} })
 	ctx := context.Background()
-	id := lkSaved(t, stA, map[string]any{"k": "v"})
+	id := saved(t, stA, map[string]any{"k": "v"}).ID()
 	lkey := "lock:" + id
-	node := lkNode(id)
+	node := nodeOf(id)
 
 	a, err := stA.LoadLocked(ctx, id)
 	require.NoError(t, err)
@@ -287,9 +257,9 @@ func TestLockReleaseNonOwner(t *testing.T) {
 func TestLockTimeoutAndCancelLoadLocked(t *testing.T) {
 	t.Parallel()
 	c := mcproc.NewCluster(t, 2)
-	st := lkStore(t, c, lock.Config{WaitTimeout: 5 * time.Second})
+	st := newStore(t, c, func(cfg *store.Config) { cfg.Lock = lock.Config{WaitTimeout: 5 * time.Second} })
 	ctx := context.Background()
-	id := lkSaved(t, st, map[string]any{"k": "v"})
+	id := saved(t, st, map[string]any{"k": "v"}).ID()
 	held, err := st.LoadLocked(ctx, id)
 	require.NoError(t, err)
 	defer st.Release(ctx, held)
@@ -321,7 +291,7 @@ func TestLockTimeoutAndCancelLoadLocked(t *testing.T) {
 		})
 	}
 	require.True(t, held.Locked())
-	require.NotNil(t, lkItem(t, c, lkNode(id), "lock:"+id), "the holder's lock is untouched")
+	require.NotNil(t, lkItem(t, c, nodeOf(id), "lock:"+id), "the holder's lock is untouched")
 }
 
 // TestLockRelocatedSession: LoadLocked on a session whose primary died
@@ -329,10 +299,10 @@ func TestLockTimeoutAndCancelLoadLocked(t *testing.T) {
 func TestLockRelocatedSession(t *testing.T) {
 	t.Parallel()
 	c := mcproc.NewCluster(t, 3)
-	st := lkStore(t, c, lock.Config{})
+	st := newStore(t, c, func(cfg *store.Config) { cfg.Lock = lock.Config{} })
 	ctx := context.Background()
-	id := lkSaved(t, st, map[string]any{"user": "ada", "n": 7})
-	dead := lkNode(id)
+	id := saved(t, st, map[string]any{"user": "ada", "n": 7}).ID()
+	dead := nodeOf(id)
 	require.NoError(t, c.Node(dead).Kill())
 
 	s, err := st.LoadLocked(ctx, id)
@@ -347,7 +317,7 @@ func TestLockRelocatedSession(t *testing.T) {
 	require.NotEqual(t, id, newID, "relocated")
 	require.Equal(t, id, s.PreviousID())
 	require.Equal(t, id[:strings.LastIndexByte(id, '-')], newID[:strings.LastIndexByte(newID, '-')], "same random part")
-	newNode := lkNode(newID)
+	newNode := nodeOf(newID)
 	require.NotEqual(t, dead, newNode)
 	lkey := "lock:" + newID
 	require.NotNil(t, lkItem(t, c, newNode, lkey), "the lock lives on the new primary")
@@ -367,14 +337,14 @@ func TestLockRelocatedSession(t *testing.T) {
 // ErrNotFound and leaves no lock behind.
 func TestLockNotFoundHoldsNoLock(t *testing.T) {
 	c := mcproc.NewCluster(t, 2)
-	st := lkStore(t, c, lock.Config{})
+	st := newStore(t, c, func(cfg *store.Config) { cfg.Lock = lock.Config{} })
 	ctx := context.Background()
-	id := lkSaved(t, st, map[string]any{"k": "v"})
+	id := saved(t, st, map[string]any{"k": "v"}).ID()
 	require.NoError(t, st.Delete(ctx, id))
 
 	_, err := st.LoadLocked(ctx, id)
 	require.ErrorIs(t, err, store.ErrNotFound)
-	require.Nil(t, lkItem(t, c, lkNode(id), "lock:"+id))
+	require.Nil(t, lkItem(t, c, nodeOf(id), "lock:"+id))
 	m := st.Locker().Metrics()
 	require.Equal(t, m.Acquired, m.Released)
 
