@@ -70,7 +70,7 @@ type node struct {
 	Node
 	client  *memcache.Client
 	breaker *gobreaker.CircuitBreaker[struct{}]
-	failed  atomic.Int64 // unix nanoseconds of the last failure; 0 = never
+	outage  atomic.Int64 // unix nanoseconds of the last outage (breaker opened, or MarkOutage); 0 = never
 	refused atomic.Bool  // the last failure was a refused connection
 }
 
@@ -115,6 +115,9 @@ func New(cfg Config) (*Cluster, error) {
 			},
 			// Runs under the breaker's mutex: only log, never call the breaker.
 			OnStateChange: func(name string, from, to gobreaker.State) {
+				if to == gobreaker.StateOpen {
+					nd.outage.Store(time.Now().UnixNano())
+				}
 				log.Warn("memcached node breaker changed state", "node", name, "from", from.String(), "to", to.String())
 			},
 		})
@@ -155,16 +158,25 @@ func (c *Cluster) Healthy(id string) bool {
 	return ok && n.breaker.State() != gobreaker.StateOpen
 }
 
-// FailedWithin reports whether an operation on the node failed (or was
-// refused by its open breaker) within the last d: a node that was
-// unreachable that recently may still hold copies of sessions that moved
-// to other nodes while it was away.
-func (c *Cluster) FailedWithin(id string, d time.Duration) bool {
+// MarkOutage records that the node failed badly enough for sessions to be
+// moved off it (the store calls it when it relocates one). The breaker
+// opening records the same.
+func (c *Cluster) MarkOutage(id string) {
+	if n, ok := c.byID[id]; ok {
+		n.outage.Store(time.Now().UnixNano())
+	}
+}
+
+// OutageWithin reports whether the node had an outage (its breaker opened,
+// or MarkOutage) within the last d: a node that was away that recently may
+// still hold copies of sessions that moved to other nodes meanwhile. A
+// single failed operation that did not open the breaker does not count.
+func (c *Cluster) OutageWithin(id string, d time.Duration) bool {
 	n, ok := c.byID[id]
 	if !ok {
 		return false
 	}
-	t := n.failed.Load()
+	t := n.outage.Load()
 	return t != 0 && time.Since(time.Unix(0, t)) < d
 }
 
@@ -286,7 +298,6 @@ func (c *Cluster) exec(ctx context.Context, id string, op func(*memcache.Client)
 		return err
 	}
 	if !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) {
-		n.failed.Store(time.Now().UnixNano())
 		n.refused.Store(errors.Is(err, syscall.ECONNREFUSED))
 	}
 	return fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)

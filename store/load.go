@@ -79,8 +79,9 @@ func (st *Store) decode(id string, it *memcache.Item) (*Session, error) {
 
 // findBackup reads the backup copy of a session whose primary is node from
 // the nodes after it in list order, skipping the ones whose breaker is
-// open. It returns the node that had it, ErrNotFound when every reachable
-// candidate missed, and ErrUnavailable when none answered.
+// open. It returns the node that had it, ErrNotFound when every candidate
+// missed or has crashed (refuses connections), and ErrUnavailable when a
+// candidate that may hold a copy did not answer.
 //
 // With base set, each candidate is also asked, in the same "gets", for the
 // session relocated there (id base-<candidate>) by a parallel request or an
@@ -96,8 +97,10 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 			best, from, moved = s, cand, isMoved
 		}
 	}
+	unknown := false // a candidate that may hold a copy did not answer
 	for _, cand := range st.cluster.BackupCandidates(node) {
 		if !st.cluster.Healthy(cand) {
+			unknown = unknown || !st.cluster.Gone(cand)
 			continue
 		}
 		keys := []string{bkey}
@@ -110,6 +113,7 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 		items, err := st.cluster.GetMulti(ctx, cand, keys)
 		if err != nil {
 			lastErr = err
+			unknown = unknown || !st.cluster.Gone(cand)
 			continue
 		}
 		answered = true
@@ -131,7 +135,8 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 	if best != nil {
 		return best, from, moved, nil
 	}
-	if answered {
+	if answered && !unknown {
+		// Every candidate answered "miss" or has crashed (lost its memory).
 		return nil, "", false, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	if lastErr == nil {
@@ -142,12 +147,12 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 
 // newerMoved guards against a node that failed recently and came back
 // with the copies it had: while a session's node is in that window (one
-// idle timeout after its last failure, as seen by this Store), the nodes
+// idle timeout after its last outage, as seen by this Store), the nodes
 // the session may have been relocated to are asked for a copy under
-// base-<node>, and a newer one found there is returned instead of s.
+// base-<node>, and one at least as new found there is returned instead of s.
 // Otherwise (the usual case) it costs nothing and returns nil.
 func (st *Store) newerMoved(ctx context.Context, s *Session, base, node string) *Session {
-	if !st.cluster.FailedWithin(node, s.IdleTimeout()) {
+	if !st.cluster.OutageWithin(node, s.IdleTimeout()) {
 		return nil
 	}
 	var best *Session
@@ -162,7 +167,8 @@ func (st *Store) newerMoved(ctx context.Context, s *Session, base, node string) 
 			continue
 		}
 		m, err := st.decode(movedID, it)
-		if err != nil || m.version <= s.version || best != nil && m.version <= best.version {
+		// A tie goes to the moved copy: relocation writes the same version.
+		if err != nil || m.version < s.version || best != nil && m.version <= best.version {
 			continue
 		}
 		m.oldID = s.id
@@ -252,6 +258,7 @@ func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target stri
 	if err := st.putPrimary(ctx, s, target, newKey, saving); err != nil {
 		return err
 	}
+	st.cluster.MarkOutage(dead) // it may come back with the old copy
 	if b := st.cluster.BackupOf(target, dead); b != "" {
 		raw, _, _, err := s.encode(0)
 		if exp, ok := s.exptime(); ok && err == nil {

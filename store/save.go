@@ -102,22 +102,31 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 		pErr, bErr = st.cluster.Replicate(ctx, w)
 	}
 	backupMissing := errors.Is(bErr, replica.ErrNotStored)
+	primaryLost := false
 	if mode == replica.ModeCAS && errors.Is(pErr, replica.ErrMiss) {
-		if backup == "" || backupMissing || bErr != nil {
+		if backup == "" || bErr != nil {
 			// Neither copy exists any more: the session was deleted (or
 			// both nodes lost it) after it was loaded. Never recreate it.
 			st.stats.conflicts.Add(1)
 			return fmt.Errorf("%w: %s was deleted concurrently", ErrConflict, id)
 		}
-		// The backup copy is there (and now holds this version) but the
-		// primary lost its copy (restarted empty, evicted): create it again,
-		// unless someone else did first.
-		pErr = st.cluster.Add(ctx, node, w.Item)
+		// The backup copy was there and now holds this version, but the
+		// primary has none (it restarted empty, or a delete is under way).
+		// The primary is not recreated here: the next Load restores it from
+		// the backup, and a delete that is under way removes the backup.
+		pErr, primaryLost = nil, true
 	}
 	if pErr == nil && backupMissing {
 		// The backup node has no copy (it restarted, or the backup moved to
-		// another node): write one now that the primary write succeeded.
-		bErr = st.cluster.Set(ctx, backup, w.BackupItem)
+		// another node): write one now that the primary write succeeded,
+		// then make sure the primary was not deleted meanwhile (logout), or
+		// the new backup copy would bring the session back.
+		if bErr = st.cluster.Set(ctx, backup, w.BackupItem); bErr == nil {
+			if err := st.confirmPrimary(ctx, node, key, exp, backup, bkey); err != nil {
+				st.stats.conflicts.Add(1)
+				return fmt.Errorf("%w: %s", ErrConflict, err)
+			}
+		}
 	}
 	if bErr != nil && !errors.Is(bErr, replica.ErrNotStored) {
 		st.stats.backupFailures.Add(1)
@@ -159,11 +168,26 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 	}
 	s.mu.Lock()
 	s.version, s.saved, s.isNew = version, changes, false
-	if pErr == nil {
-		s.casID = 0 // memcached does not tell the new CAS id
-	}
+	s.casID = 0 // memcached does not tell the new CAS id
 	s.mu.Unlock()
+	if primaryLost {
+		st.log.Info("saved to the backup copy only: the primary had lost its copy and is restored on the next load", "id", id, "node", node)
+	}
 	return nil
+}
+
+// confirmPrimary checks that the primary copy still exists after a backup
+// copy was (re)written, and deletes that backup copy when it does not: the
+// session was deleted meanwhile, and a lone backup would bring it back.
+// exp is the exptime the primary copy was just written with (a touch with
+// it changes nothing else).
+func (st *Store) confirmPrimary(ctx context.Context, node, key string, exp int32, backup, bkey string) error {
+	err := st.cluster.Touch(ctx, node, key, exp)
+	if !errors.Is(err, replica.ErrMiss) {
+		return nil
+	}
+	_ = st.cluster.Delete(ctx, backup, bkey)
+	return fmt.Errorf("%s was deleted concurrently", key)
 }
 
 // currentCAS reads the CAS id of the primary copy and checks it still holds
@@ -224,32 +248,36 @@ func (st *Store) Touch(ctx context.Context, s *Session) error {
 		wg        sync.WaitGroup
 		backupErr error
 	)
-	if b := st.cluster.BackupOf(node); b != "" {
+	b := st.cluster.BackupOf(node)
+	if b != "" {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := st.cluster.Touch(ctx, b, bkey, exp)
-			if errors.Is(err, replica.ErrMiss) {
-				// The backup node lost its copy (it restarted): write one
-				// again, unless a save wrote a newer one meanwhile.
-				var raw []byte
-				if raw, _, _, err = s.encode(0); err == nil {
-					err = st.cluster.Add(ctx, b, &memcache.Item{Key: bkey, Value: raw, Expiration: exp})
-					if errors.Is(err, replica.ErrNotStored) {
-						err = nil
-					}
-				}
-			}
-			if err != nil {
-				backupErr = err
-				st.stats.backupFailures.Add(1)
-				st.log.Warn("backup touch failed: the backup copy may expire before the session", "id", id, "node", b, "err", err)
-			}
+			backupErr = st.cluster.Touch(ctx, b, bkey, exp)
 		}()
 	}
 	err := st.cluster.Touch(ctx, node, key, exp)
 	wg.Wait()
 	st.stats.touches.Add(1)
+	if err == nil && errors.Is(backupErr, replica.ErrMiss) {
+		// The backup node lost its copy (it restarted): write one again,
+		// unless a save wrote a newer one meanwhile, and make sure the
+		// primary was not deleted in between (a lone backup would bring
+		// the session back).
+		var raw []byte
+		if raw, _, _, backupErr = s.encode(0); backupErr == nil {
+			backupErr = st.cluster.Add(ctx, b, &memcache.Item{Key: bkey, Value: raw, Expiration: exp})
+			if errors.Is(backupErr, replica.ErrNotStored) {
+				backupErr = nil
+			} else if backupErr == nil {
+				backupErr = st.confirmPrimary(ctx, node, key, exp, b, bkey)
+			}
+		}
+	}
+	if backupErr != nil {
+		st.stats.backupFailures.Add(1)
+		st.log.Warn("backup touch failed: the backup copy may expire before the session", "id", id, "node", b, "err", backupErr)
+	}
 	if err == nil && backupErr == nil {
 		st.refreshed.note(id, start, st.touchAfter(s.IdleTimeout()))
 	}
@@ -271,14 +299,18 @@ func (st *Store) Delete(ctx context.Context, id string) error {
 	}
 	st.refreshed.forget(id)
 	key, bkey, lkey := st.Keys(id)
-	// Backups first, then the primary copy, then the lock: a request
-	// waiting for the lock finds nothing to load, and a stale save finds
-	// neither copy and does not recreate the session.
+	// Backups first, then the primary copy, then the lock, then the
+	// backups once more: a request waiting for the lock finds nothing to
+	// load, and a stale save or touch does not recreate the session.
 	var errs []error
 	backups := st.cluster.BackupCandidates(node)
 	errs = append(errs, st.deleteAll(ctx, backups, bkey, false)...)
 	errs = append(errs, st.deleteAll(ctx, []string{node}, key, true)...)
 	errs = append(errs, st.deleteAll(ctx, []string{node}, lkey, true)...)
+	// Again: a save or touch that re-created a backup copy while the
+	// primary was still there is caught here (they check the primary after
+	// writing one, see confirmPrimary).
+	errs = append(errs, st.deleteAll(ctx, backups, bkey, false)...)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: delete %s: %w", ErrUnavailable, id, err)
 	}

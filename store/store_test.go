@@ -867,3 +867,97 @@ func TestPrimaryDownWithoutBackup(t *testing.T) {
 		})
 	}
 }
+
+func TestNoResurrectionRacingALogout(t *testing.T) {
+	ctx := context.Background()
+	t.Run("a read-only request's touch after the delete", func(t *testing.T) {
+		c := mcproc.NewCluster(t, 3)
+		st := newStore(t, c, nil)
+		id := saved(t, st, map[string]any{"k": 1}).ID()
+		reader, err := st.Load(ctx, id)
+		require.NoError(t, err)
+		require.NoError(t, st.Delete(ctx, id)) // logout in another tab
+		touched, err := st.TouchIfDue(ctx, reader)
+		require.NoError(t, err)
+		require.True(t, touched, "the delete forgot the refresh")
+		_, err = st.Load(ctx, id)
+		require.ErrorIs(t, err, store.ErrNotFound, "the deleted session came back")
+	})
+
+	t.Run("a save landing between the backup and the primary delete", func(t *testing.T) {
+		c := mcproc.NewCluster(t, 3)
+		st := newStore(t, c, nil)
+		id := saved(t, st, map[string]any{"k": 1}).ID()
+		s, err := st.Load(ctx, id)
+		require.NoError(t, err)
+		key, bkey, lkey := st.Keys(id)
+		for _, n := range c.Nodes { // the delete's first step: backups
+			_ = n.Client().Delete(bkey)
+		}
+		require.NoError(t, s.Set("cart", 1))
+		require.NoError(t, st.Save(ctx, s)) // cas ok, replace finds no backup, set writes one
+		p := c.Node(nodeOf(id)).Client()    // the delete's next steps: primary, lock
+		_ = p.Delete(key)
+		_ = p.Delete(lkey)
+		require.NoError(t, st.Delete(ctx, id), "and its final sweep of the backups")
+		_, err = st.Load(ctx, id)
+		require.ErrorIs(t, err, store.ErrNotFound, "the deleted session came back")
+	})
+
+	t.Run("a save finding the primary deleted after writing a backup", func(t *testing.T) {
+		c := mcproc.NewCluster(t, 3)
+		st := newStore(t, c, nil)
+		id := saved(t, st, map[string]any{"k": 1}).ID()
+		s, err := st.Load(ctx, id)
+		require.NoError(t, err)
+		key, bkey, _ := st.Keys(id)
+		for _, n := range c.Nodes {
+			_ = n.Client().Delete(bkey)
+		}
+		_ = c.Node(nodeOf(id)).Client().Delete(key)
+		require.NoError(t, s.Set("cart", 1))
+		require.ErrorIs(t, st.Save(ctx, s), store.ErrConflict)
+		_, err = st.Load(ctx, id)
+		require.ErrorIs(t, err, store.ErrNotFound)
+	})
+}
+
+func TestOldCookieAfterAHangGetsTheMovedCopy(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	id := saved(t, st, map[string]any{"k": 1}).ID()
+	first := c.Node(nodeOf(id))
+	require.NoError(t, first.Pause())
+	moved, err := st.Load(ctx, id) // relocated with the same version
+	require.NoError(t, err)
+	require.NotEqual(t, id, moved.ID())
+	require.NoError(t, first.Resume())
+
+	var old *store.Session
+	require.Eventually(t, func() bool { old, err = st.Load(ctx, id); return err == nil }, 5*time.Second, 50*time.Millisecond)
+	require.Equal(t, moved.ID(), old.ID(), "a tie goes to the moved copy")
+	require.NoError(t, old.Set("a", 1))
+	require.NoError(t, st.Save(ctx, old))
+	require.NoError(t, moved.Set("b", 2))
+	require.ErrorIs(t, st.Save(ctx, moved), store.ErrConflict, "one copy, so the second writer hears of the first")
+	cur, err := st.Load(ctx, moved.ID())
+	require.NoError(t, err)
+	require.True(t, cur.Has("a"))
+}
+
+func TestOneSlowAnswerDoesNotSlowLaterLoads(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	id := saved(t, st, map[string]any{"k": 1}).ID()
+	n := c.Node(nodeOf(id))
+	require.NoError(t, n.Pause())
+	_, err := st.Cluster().Get(ctx, n.ID, "x")
+	require.ErrorIs(t, err, replica.ErrNodeDown, "one timed-out command; the breaker stays closed")
+	require.NoError(t, n.Resume())
+	before := sumStat(t, c, "cmd_get")
+	_, err = st.Load(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, before+1, sumStat(t, c, "cmd_get"), "a load is still one gets")
+}
