@@ -241,11 +241,7 @@ func (s *Session) Lock(ctx context.Context) error {
 		m.stats.locked.Add(1)
 		return nil
 	case errors.Is(err, lock.ErrLockTimeout):
-		m.stats.lockTimeouts.Add(1)
-		if m.opts.FailOpen {
-			m.stats.failOpens.Add(1)
-			m.log.Warn("httpsession: session lock timed out; proceeding without it (FailOpen)",
-				"id", ss.ID(), "path", rs.req.URL.Path, "err", err)
+		if rs.failOpen(ss.ID(), err) {
 			return nil
 		}
 		return rs.fail(err)

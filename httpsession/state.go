@@ -77,14 +77,8 @@ func (rs *reqState) load(ctx context.Context, force bool) error {
 	)
 	if force || rs.wantLock() {
 		s, err = m.st.LoadLocked(m.lockContext(ctx), rs.cookie)
-		if errors.Is(err, lock.ErrLockTimeout) {
-			m.stats.lockTimeouts.Add(1)
-			if m.opts.FailOpen {
-				m.stats.failOpens.Add(1)
-				m.log.Warn("httpsession: session lock timed out; proceeding without it (FailOpen)",
-					"id", rs.cookie, "path", rs.req.URL.Path, "err", err)
-				s, err = m.st.Load(ctx, rs.cookie)
-			}
+		if errors.Is(err, lock.ErrLockTimeout) && rs.failOpen(rs.cookie, err) {
+			s, err = m.st.Load(ctx, rs.cookie)
 		}
 	} else {
 		s, err = m.st.Load(ctx, rs.cookie)
@@ -130,6 +124,21 @@ func (rs *reqState) wantLock() bool {
 	default:
 		return true
 	}
+}
+
+// failOpen counts a lock timeout of session id and reports whether the
+// request goes on without the lock (Options.FailOpen), which it counts and
+// logs.
+func (rs *reqState) failOpen(id string, err error) bool {
+	m := rs.m
+	m.stats.lockTimeouts.Add(1)
+	if !m.opts.FailOpen {
+		return false
+	}
+	m.stats.failOpens.Add(1)
+	m.log.Warn("httpsession: session lock timed out; proceeding without it (FailOpen)",
+		"id", id, "path", rs.req.URL.Path, "err", err)
+	return true
 }
 
 // lockContext applies Options.LockTimeout to ctx.
