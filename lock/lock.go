@@ -149,7 +149,7 @@ type Lock struct {
 	token []byte
 
 	mu       sync.Mutex
-	cas      uint64 // CAS id of our lock item; 0 = not known yet
+	cas      uint64 // CAS id of our lock item, read right after the add
 	done     bool   // released or lost
 	lost     bool
 	renewal  *time.Timer
@@ -196,7 +196,7 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 	pause := l.cfg.BackoffStart
 	var timer *time.Timer
 	waited := false
-	for attempt := 0; ; attempt++ {
+	for {
 		err := l.cluster.Add(ctx, node, &memcache.Item{Key: key, Value: token, Expiration: exp})
 		if err == nil {
 			break
@@ -204,7 +204,7 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 		if !errors.Is(err, replica.ErrNotStored) {
 			return nil, nil, fmt.Errorf("lock: acquire %s: %w", key, err)
 		}
-		if attempt == 0 {
+		if !waited {
 			l.m.waited.Add(1)
 			waited = true
 		}
