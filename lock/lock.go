@@ -230,8 +230,8 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 		}
 		pause = min(pause*2, l.cfg.BackoffMax)
 	}
-	// Fix: WaitTime counts only acquisitions that found the lock held; it
-	// used to add the round trip of every uncontended add as well.
+	// WaitTime counts only acquisitions that found the lock held, not the
+	// round trip of an uncontended add.
 	if waited {
 		l.m.waitNanos.Add(uint64(time.Since(start)))
 	}
@@ -244,9 +244,9 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 	if err != nil {
 		// We hold the lock but cannot prove it on release: drop it by
 		// expiring it right away with a plain touch (best effort).
-		// Fix: only when the read failed. When bind says ErrLost the item
-		// is gone or holds another owner's token (ours expired in between):
-		// expiring it would delete someone else's lock.
+		// Only when the read failed: when bind says ErrLost the item is
+		// gone or holds another owner's token (ours expired in between),
+		// and expiring it would delete someone else's lock.
 		if !errors.Is(err, ErrLost) {
 			_ = l.cluster.Touch(context.WithoutCancel(ctx), node, key, -1)
 		}
@@ -258,7 +258,7 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 }
 
 // exptime returns the memcached exptime of a lock item: the TTL in whole
-// seconds plus one. Fix: memcached's clock ticks once a second and an item
+// seconds plus one. memcached's clock ticks once a second and an item
 // expires at the first tick at or after now+exptime, so an exptime of n
 // seconds lives between n-1 and n seconds (measured on 1.6.18: exptime 1
 // lived 28 ms to 1 s). Without the extra second a 1 s lock could expire
@@ -335,10 +335,10 @@ func (lk *Lock) Renew(ctx context.Context) error {
 func (lk *Lock) markLost() {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
-	// Fix: a renewal that was already running when Release deleted the
-	// item finds it gone; that is not a lost lock. Only a lock that is
-	// neither released nor lost yet can become lost (it used to flip a
-	// released lock to lost, count it, and make a second Release fail).
+	// A renewal that was already running when Release deleted the item
+	// finds it gone; that is not a lost lock. Only a lock that is neither
+	// released nor lost yet can become lost, so a released lock is never
+	// counted as lost and a second Release stays a no-op.
 	if !lk.done {
 		lk.lost, lk.done = true, true
 		lk.l.m.lost.Add(1)
