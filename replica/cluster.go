@@ -68,6 +68,7 @@ type Cluster struct {
 
 type node struct {
 	Node
+	index   int // position in Cluster.nodes
 	client  *memcache.Client
 	breaker *gobreaker.CircuitBreaker[struct{}]
 	outage  atomic.Int64 // unix nanoseconds of the last outage (breaker opened, or MarkOutage); 0 = never
@@ -101,7 +102,7 @@ func New(cfg Config) (*Cluster, error) {
 		mc.Timeout = cfg.Timeout
 		mc.MaxIdleConns = cfg.MaxIdleConns
 		threshold := cfg.FailureThreshold
-		nd := &node{Node: n, client: mc}
+		nd := &node{Node: n, index: len(c.nodes), client: mc}
 		nd.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 			Name:        n.ID,
 			MaxRequests: 1,
@@ -234,18 +235,13 @@ func (c *Cluster) PickNew() (string, error) {
 // the next node after it in list order whose breaker is not open, skipping
 // the ids in exclude. It returns "" when there is none.
 func (c *Cluster) BackupOf(primary string, exclude ...string) string {
-	start := -1
-	for i, n := range c.nodes {
-		if n.ID == primary {
-			start = i
-		}
-	}
-	if start < 0 {
+	p, ok := c.byID[primary]
+	if !ok {
 		return ""
 	}
 next:
 	for i := 1; i < len(c.nodes); i++ {
-		n := c.nodes[(start+i)%len(c.nodes)]
+		n := c.nodes[(p.index+i)%len(c.nodes)]
 		for _, x := range exclude {
 			if n.ID == x {
 				continue next
@@ -261,14 +257,13 @@ next:
 // BackupCandidates returns every node after primary in list order, healthy
 // or not: the places a backup copy may have been written to.
 func (c *Cluster) BackupCandidates(primary string) []string {
+	p, ok := c.byID[primary]
+	if !ok {
+		return nil
+	}
 	var out []string
-	for i, n := range c.nodes {
-		if n.ID != primary {
-			continue
-		}
-		for j := 1; j < len(c.nodes); j++ {
-			out = append(out, c.nodes[(i+j)%len(c.nodes)].ID)
-		}
+	for i := 1; i < len(c.nodes); i++ {
+		out = append(out, c.nodes[(p.index+i)%len(c.nodes)].ID)
 	}
 	return out
 }
