@@ -25,15 +25,19 @@ const (
 // Write is one replicated write: an item on the primary node and a copy
 // on the backup node.
 type Write struct {
-	// Primary is the primary node id; Item is written there with Mode.
+	// Primary is the id of the node that gets Item.
 	Primary string
-	Item    *memcache.Item
-	Mode    Mode
-	// Backup is the backup node id, or "" for no backup copy. BackupItem
-	// is written there with BackupMode: ModeSet (the zero value) or
-	// ModeReplace (only over an existing copy).
-	Backup     string
+	// Item is the primary copy.
+	Item *memcache.Item
+	// Mode is how Item is stored. Default ModeSet (the zero value).
+	Mode Mode
+	// Backup is the id of the node that gets BackupItem, or "" for no
+	// backup copy.
+	Backup string
+	// BackupItem is the backup copy; nil writes no backup copy.
 	BackupItem *memcache.Item
+	// BackupMode is how BackupItem is stored: ModeSet (the zero value,
+	// the default) or ModeReplace (only over an existing copy).
 	BackupMode Mode
 }
 
