@@ -11,6 +11,7 @@ import (
 // Cluster is a set of memcached nodes named "n1" to "nN", in that order in
 // Nodes.
 type Cluster struct {
+	// Nodes are the cluster's nodes, "n1" first.
 	Nodes []*Node
 }
 
