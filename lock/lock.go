@@ -51,11 +51,12 @@ type Config struct {
 	// DefaultWaitTimeout (2 s).
 	WaitTimeout time.Duration
 	// BackoffStart is the first pause between attempts; each pause doubles,
-	// with jitter, up to BackoffMax. Defaults DefaultBackoffStart (2 ms)
-	// and DefaultBackoffMax (50 ms).
+	// with jitter, up to BackoffMax (raised to BackoffStart when smaller).
+	// Defaults DefaultBackoffStart (2 ms) and DefaultBackoffMax (50 ms).
 	BackoffStart, BackoffMax time.Duration
-	// RenewEvery is how often a held lock is renewed with touch. Default
-	// TTL/3. A negative value turns renewal off.
+	// RenewEvery is how often a held lock is renewed with touch; it must
+	// be shorter than TTL (New fails otherwise). Default TTL/3. A negative
+	// value turns renewal off.
 	RenewEvery time.Duration
 }
 
