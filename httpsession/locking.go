@@ -2,6 +2,7 @@ package httpsession
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -33,7 +34,7 @@ func flagFrom(ctx context.Context) LockFlag {
 // through the middleware already (and the session is not in use yet), and
 // in its context otherwise, where the middleware picks it up.
 func withFlag(r *http.Request, f LockFlag) *http.Request {
-	if err := SetLocking(r, f); err != ErrNoSession {
+	if err := SetLocking(r, f); !errors.Is(err, ErrNoSession) {
 		return r
 	}
 	return r.WithContext(context.WithValue(r.Context(), flagKey{}, f))

@@ -62,7 +62,7 @@ func (rs *reqState) load(ctx context.Context, force bool) error {
 	m.stats.requests.Add(1)
 	for _, c := range rs.req.CookiesNamed(m.opts.CookieName) {
 		rs.hadCookie = true
-		if _, _, ok := m.st.Placement(c.Value); ok {
+		if m.st.ValidID(c.Value) {
 			rs.cookie = c.Value
 			break
 		}

@@ -59,11 +59,10 @@ type Config struct {
 
 // Cluster is a fixed set of memcached nodes. It is safe for concurrent use.
 type Cluster struct {
-	nodes   []*node
-	byID    map[string]*node
-	next    atomic.Uint64 // round-robin cursor for new sessions
-	log     *slog.Logger
-	backups atomic.Uint64 // failed backup writes
+	nodes []*node
+	byID  map[string]*node
+	next  atomic.Uint64 // round-robin cursor for new sessions
+	log   *slog.Logger
 }
 
 type node struct {
@@ -210,10 +209,6 @@ func (c *Cluster) Status() []NodeStatus {
 	}
 	return out
 }
-
-// FailedBackupWrites counts backup writes that failed since the cluster was
-// built (the primary write may still have succeeded).
-func (c *Cluster) FailedBackupWrites() uint64 { return c.backups.Load() }
 
 // PickNew chooses the primary node of a new session: round robin over the
 // nodes whose breaker is closed, or, when none is, over the half-open ones.

@@ -2,7 +2,6 @@ package replica
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -44,9 +43,8 @@ type Write struct {
 // Replicate performs w: the primary and the backup write run in parallel
 // and Replicate returns when both have answered. It returns the primary's
 // error and the backup's error separately, since a failed backup write
-// leaves the session saved but unprotected. Failed backup writes are
-// counted (FailedBackupWrites); a ModeReplace backup write that found no
-// copy (ErrNotStored) is an answer, not a failure.
+// leaves the session saved but unprotected (package store counts those).
+// A ModeReplace backup write that found no copy returns ErrNotStored.
 func (c *Cluster) Replicate(ctx context.Context, w Write) (primaryErr, backupErr error) {
 	var done chan error
 	if w.Backup != "" && w.BackupItem != nil {
@@ -55,9 +53,7 @@ func (c *Cluster) Replicate(ctx context.Context, w Write) (primaryErr, backupErr
 	}
 	primaryErr = c.write(ctx, w.Primary, w.Item, w.Mode)
 	if done != nil {
-		if backupErr = <-done; backupErr != nil && !errors.Is(backupErr, ErrNotStored) {
-			c.backups.Add(1)
-		}
+		backupErr = <-done
 	}
 	return primaryErr, backupErr
 }

@@ -67,10 +67,7 @@ func (st *Store) decode(id string, it *memcache.Item) (*Session, error) {
 	if !rec.Deadline.IsZero() && !time.Now().Before(rec.Deadline) {
 		return nil, fmt.Errorf("%w: %s: past its absolute lifetime", ErrNotFound, id)
 	}
-	attrs := rec.Attrs
-	if attrs == nil {
-		attrs = make(map[string][]byte)
-	}
+	attrs := rec.Attrs // never nil
 	return &Session{
 		codec: st.codec, id: id, created: rec.Created, deadline: rec.Deadline,
 		idle: rec.IdleTimeout, version: rec.Version, attrs: attrs, casID: it.CasID,
@@ -249,12 +246,7 @@ func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target stri
 	newID := makeID(base, target)
 	newKey, newBkey, _ := st.Keys(newID)
 	_, oldBkey, _ := st.Keys(oldID)
-	s.mu.Lock()
-	s.id = newID
-	if s.oldID == "" {
-		s.oldID = oldID
-	}
-	s.mu.Unlock()
+	s.setID(newID, true)
 	if err := st.putPrimary(ctx, s, target, newKey, saving); err != nil {
 		return err
 	}

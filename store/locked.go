@@ -9,15 +9,6 @@ import (
 	"github.com/mcsession/mcsession/replica"
 )
 
-// heldLock is the lock a session holds.
-type heldLock struct {
-	lk *lock.Lock
-}
-
-func (h *heldLock) release(ctx context.Context) error {
-	return h.lk.Release(context.WithoutCancel(ctx))
-}
-
 // Locker returns the store's lock manager (for its metrics and settings).
 func (st *Store) Locker() *lock.Locker { return st.locker }
 
@@ -74,7 +65,7 @@ func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 		}
 		return s, nil
 	}
-	s.lock = &heldLock{lk: lk}
+	s.lock = lk
 	return s, nil
 }
 
@@ -111,7 +102,7 @@ func (st *Store) Lock(ctx context.Context, s *Session) error {
 	s.adopt(cur)
 	s.mu.Lock()
 	s.saved = s.changes
-	s.lock = &heldLock{lk: lk}
+	s.lock = lk
 	s.mu.Unlock()
 	return nil
 }
@@ -128,13 +119,13 @@ func (s *Session) Locked() bool {
 // was taken by someone else meanwhile (nothing is deleted then).
 func (st *Store) Release(ctx context.Context, s *Session) error {
 	s.mu.Lock()
-	h := s.lock
+	lk := s.lock
 	s.lock = nil
 	s.mu.Unlock()
-	if h == nil {
+	if lk == nil {
 		return nil
 	}
-	return h.release(ctx)
+	return lk.Release(context.WithoutCancel(ctx))
 }
 
 // SaveAndRelease saves s (when modified) and then releases its lock, as

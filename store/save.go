@@ -56,9 +56,7 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 			return fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, err)
 		}
 		id = makeID(base, node)
-		s.mu.Lock()
-		s.id = id
-		s.mu.Unlock()
+		s.setID(id, false)
 	}
 
 	mode := replica.ModeCAS
@@ -96,9 +94,7 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 		key, bkey, _ = st.Keys(id)
 		backup = st.cluster.BackupOf(node, tried...)
 		w.Primary, w.Item.Key, w.Backup, w.BackupItem.Key = node, key, backup, bkey
-		s.mu.Lock()
-		s.id = id
-		s.mu.Unlock()
+		s.setID(id, false)
 		pErr, bErr = st.cluster.Replicate(ctx, w)
 	}
 	backupMissing := errors.Is(bErr, replica.ErrNotStored)
@@ -357,12 +353,7 @@ func (st *Store) RenewID(ctx context.Context, s *Session) error {
 		}
 	}
 	newID := makeID(newIDBase(), node)
-	s.mu.Lock()
-	s.id = newID
-	if s.oldID == "" {
-		s.oldID = oldID
-	}
-	s.mu.Unlock()
+	s.setID(newID, true)
 	if isNew {
 		return nil
 	}
@@ -377,11 +368,11 @@ func (st *Store) RenewID(ctx context.Context, s *Session) error {
 			return fmt.Errorf("store: renew %s: %w", oldID, err)
 		}
 		s.mu.Lock()
-		s.lock = &heldLock{lk: lk}
+		s.lock = lk
 		s.mu.Unlock()
 		// The old lock is released only after the old id is deleted below,
 		// so that no waiting request can load the old id in between.
-		defer func() { _ = held.release(ctx) }()
+		defer func() { _ = held.Release(context.WithoutCancel(ctx)) }()
 	}
 	s.mu.Lock()
 	s.isNew, s.casID = true, 0 // written with add under the new id

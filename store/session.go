@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mcsession/mcsession/codec"
+	"github.com/mcsession/mcsession/lock"
 )
 
 // Session is one user's session: an id and a set of named attributes whose
@@ -24,12 +25,12 @@ type Session struct {
 	idle      time.Duration
 	version   uint64
 	attrs     map[string][]byte
-	casID     uint64 // CAS id of the primary copy as loaded; 0 when unknown
-	isNew     bool   // never saved
-	destroyed bool   // deleted by Store.Destroy
-	changes   uint64 // incremented by every modification
-	saved     uint64 // value of changes at the last save or load
-	lock      *heldLock
+	casID     uint64     // CAS id of the primary copy as loaded; 0 when unknown
+	isNew     bool       // never saved
+	destroyed bool       // deleted by Store.Destroy
+	changes   uint64     // incremented by every modification
+	saved     uint64     // value of changes at the last save or load
+	lock      *lock.Lock // the session lock, while held
 }
 
 // ID returns the session id, the value of the session cookie. It changes
@@ -202,6 +203,17 @@ func (s *Session) exptime() (int32, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return ttl(s.idle, s.deadline, time.Now())
+}
+
+// setID gives s a new id. With previous set, the id it had is remembered
+// as PreviousID (the first one only: the id the client sent).
+func (s *Session) setID(id string, previous bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if previous && s.oldID == "" {
+		s.oldID = s.id
+	}
+	s.id = id
 }
 
 // setCAS records the CAS id of the primary copy (0 = unknown).

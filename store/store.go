@@ -207,6 +207,14 @@ func (st *Store) Placement(id string) (primary, backup string, ok bool) {
 	return node, st.cluster.BackupOf(node), true
 }
 
+// ValidID reports whether id is a well-formed session id naming a
+// configured node. It makes no memcached call; Load answers ErrNotFound for
+// every id it rejects.
+func (st *Store) ValidID(id string) bool {
+	_, _, ok := st.parse(id)
+	return ok
+}
+
 // parse validates id and checks that its node is configured.
 func (st *Store) parse(id string) (base, node string, ok bool) {
 	base, node, ok = splitID(id)
