@@ -37,15 +37,7 @@ func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
 	it, err := st.cluster.Get(ctx, node, key)
 	switch {
 	case err == nil:
-		s, derr := st.decode(id, it)
-		if derr != nil {
-			return nil, derr
-		}
-		if moved := st.newerMoved(ctx, s, base, node); moved != nil {
-			s = moved
-		}
-		st.stats.loads.Add(1)
-		return s, nil
+		return st.fromPrimary(ctx, id, base, node, it)
 	case errors.Is(err, replica.ErrMiss):
 		return st.restore(ctx, id, node, key, bkey)
 	case errors.Is(err, replica.ErrNodeDown):
@@ -53,6 +45,21 @@ func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
 	default:
 		return nil, fmt.Errorf("store: load %s: %w", id, err)
 	}
+}
+
+// fromPrimary turns the primary copy of id, read from node, into a
+// session; when the node had an outage lately, a relocated copy at least
+// as new is returned instead (see newerMoved).
+func (st *Store) fromPrimary(ctx context.Context, id, base, node string, it *memcache.Item) (*Session, error) {
+	s, err := st.decode(id, it)
+	if err != nil {
+		return nil, err
+	}
+	if moved := st.newerMoved(ctx, s, base, node); moved != nil {
+		s = moved
+	}
+	st.stats.loads.Add(1)
+	return s, nil
 }
 
 // decode turns a stored item into a session; corrupt or expired records

@@ -43,13 +43,7 @@ func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 	}
 	var s *Session
 	if it, found := items[key]; found {
-		s, err = st.decode(id, it)
-		if err == nil {
-			if moved := st.newerMoved(ctx, s, base, node); moved != nil {
-				s = moved // locked again below, where it lives now
-			}
-			st.stats.loads.Add(1)
-		}
+		s, err = st.fromPrimary(ctx, id, base, node, it) // a moved copy is locked again below
 	} else {
 		s, err = st.restore(ctx, id, node, key, bkey)
 	}
