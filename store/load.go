@@ -71,13 +71,18 @@ func (st *Store) decode(id string, it *memcache.Item) (*Session, error) {
 		st.log.Error("corrupt session record in memcached: treated as not found", "key", it.Key, "err", err)
 		return nil, fmt.Errorf("%w: %s: %w", ErrNotFound, id, err)
 	}
+	return st.fromRecord(id, rec, it.CasID)
+}
+
+// fromRecord builds the session id from a decoded record with the CAS id
+// of its item; a record past its absolute deadline gives ErrNotFound.
+func (st *Store) fromRecord(id string, rec *codec.Record, casID uint64) (*Session, error) {
 	if !rec.Deadline.IsZero() && !time.Now().Before(rec.Deadline) {
 		return nil, fmt.Errorf("%w: %s: past its absolute lifetime", ErrNotFound, id)
 	}
-	attrs := rec.Attrs // never nil
 	return &Session{
 		codec: st.codec, id: id, created: rec.Created, deadline: rec.Deadline,
-		idle: rec.IdleTimeout, version: rec.Version, attrs: attrs, casID: it.CasID,
+		idle: rec.IdleTimeout, version: rec.Version, attrs: rec.Attrs, casID: casID, // Attrs is never nil
 	}, nil
 }
 
@@ -310,9 +315,9 @@ func (st *Store) putPrimary(ctx context.Context, s *Session, node, key string, s
 			return fmt.Errorf("%w: %s: version %d is there already", ErrConflict, key, there.Version)
 		}
 		if derr == nil && there.Version >= version {
-			cur, derr := st.decode(key, it)
-			if derr != nil {
-				return derr
+			cur, err := st.fromRecord(s.ID(), there, it.CasID)
+			if err != nil {
+				return err
 			}
 			s.adopt(cur)
 			return nil
