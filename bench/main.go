@@ -37,7 +37,7 @@ var quietLog = log.New(io.Discard, "", 0)
 
 var (
 	allScenarios = []string{"read", "write", "new", "shared-counter", "throughput"}
-	allImpls     = []string{"floor", "floor-locked", "mcsession-none", "mcsession-all", "mcsession-auto", "scs", "gorilla"}
+	allImpls     = []string{"floor", "floor-locked", "floor-meta", "mcsession-none", "mcsession-all", "mcsession-auto", "scs", "gorilla"}
 	// extraImpls run only when named in -impls.
 	extraImpls = []string{"scs-idle"}
 )
@@ -266,6 +266,8 @@ func buildImpl(name, n1, spec string, maxIdle int) (*impl, error) {
 		return newFloor(n1, maxIdle, false), nil
 	case "floor-locked":
 		return newFloor(n1, maxIdle, true), nil
+	case "floor-meta":
+		return newFloorMeta(n1, maxIdle), nil
 	case "mcsession-none":
 		return newMcsession(name, httpsession.LockNone, spec, maxIdle)
 	case "mcsession-all":

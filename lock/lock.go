@@ -1,7 +1,9 @@
 // Package lock implements the per-session lock: a memcached add of a lock
 // key holding a random owner token, acquired with exponential backoff and
-// jitter, renewed while held, and released only by its owner with an
-// atomic compare-and-delete (cas with exptime -1).
+// jitter, renewed while held with a compare-and-set (only its owner can
+// extend it), and released only by its owner with a compare-and-delete.
+// Every step is one meta-protocol round trip; the acquisition can read
+// other keys of the same node in that round trip (lock and load).
 package lock
 
 import (
@@ -15,7 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/mcsession/mcsession/internal/meta"
+	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/replica"
 )
 
@@ -54,7 +57,7 @@ type Config struct {
 	// with jitter, up to BackoffMax (raised to BackoffStart when smaller).
 	// Defaults DefaultBackoffStart (2 ms) and DefaultBackoffMax (50 ms).
 	BackoffStart, BackoffMax time.Duration
-	// RenewEvery is how often a held lock is renewed with touch; it must
+	// RenewEvery is how often a held lock is renewed; it must
 	// be shorter than TTL (New fails otherwise). Default TTL/3. A negative
 	// value turns renewal off.
 	RenewEvery time.Duration
@@ -63,9 +66,20 @@ type Config struct {
 // Locker takes and releases session locks on a cluster. It is safe for
 // concurrent use.
 type Locker struct {
-	cluster *replica.Cluster
+	cluster ops.View
 	cfg     Config
 	m       metrics
+
+	// uncertain holds the owner tokens of adds whose outcome is unknown
+	// (the connection broke after sending), by lock key, so that the next
+	// acquisition of that key recognises the lock as its own.
+	mu        sync.Mutex
+	uncertain map[string]pendingToken
+}
+
+type pendingToken struct {
+	token []byte
+	until time.Time
 }
 
 type metrics struct {
@@ -119,7 +133,7 @@ func New(cluster *replica.Cluster, cfg Config) (*Locker, error) {
 	if cfg.RenewEvery >= cfg.TTL {
 		return nil, fmt.Errorf("lock: RenewEvery %v must be shorter than TTL %v, or the lock expires between renewals", cfg.RenewEvery, cfg.TTL)
 	}
-	return &Locker{cluster: cluster, cfg: cfg}, nil
+	return &Locker{cluster: ops.Of(cluster), cfg: cfg, uncertain: make(map[string]pendingToken)}, nil
 }
 
 // Config returns the configuration in force, defaults filled in.
@@ -149,12 +163,30 @@ type Lock struct {
 	key   string
 	token []byte
 
+	// op serialises the network operations on the lock item (renewal and
+	// release), so that a release always uses the CAS id of the last
+	// renewal.
+	op       sync.Mutex
 	mu       sync.Mutex
-	cas      uint64 // CAS id of our lock item, read right after the add
+	cas      uint64 // CAS id of our lock item: from the add, then each renewal
 	done     bool   // released or lost
 	lost     bool
 	renewal  *time.Timer
 	acquired time.Time
+}
+
+// Item is a key read together with a lock acquisition.
+type Item struct {
+	// Found is false for a missing key.
+	Found bool
+	// Value is the item's data.
+	Value []byte
+	// CAS is the item's CAS id.
+	CAS uint64
+	// Flags are the item's client flags.
+	Flags uint32
+	// TTL is the item's remaining lifetime in seconds (-1: none).
+	TTL int32
 }
 
 // Node returns the node that holds the lock item.
@@ -167,26 +199,41 @@ func (lk *Lock) Key() string { return lk.key }
 func (lk *Lock) Token() string { return string(lk.token) }
 
 // Acquire takes the lock key on node: it adds the item with a fresh owner
-// token and reads back its CAS id (needed for the owner-checked release).
-// While someone else holds the lock it retries with exponential backoff and
-// jitter until Config.WaitTimeout passes (ErrLockTimeout) or ctx ends (the
-// context's error). A node that fails returns an error wrapping
-// replica.ErrNodeDown at once.
+// token (memcached returns its CAS id, needed for the owner-checked
+// renewal and release). While someone else holds the lock it retries with
+// exponential backoff and jitter until Config.WaitTimeout passes
+// (ErrLockTimeout) or ctx ends (the context's error). A node that fails
+// returns an error wrapping replica.ErrNodeDown at once.
 func (l *Locker) Acquire(ctx context.Context, node, key string) (*Lock, error) {
 	lk, _, err := l.AcquireAndGet(ctx, node, key)
 	return lk, err
 }
 
-// AcquireAndGet is Acquire followed by one "gets" of the lock key and the
-// extra keys on the same node, in a single round trip: it takes a session's
-// lock and reads the session itself at once. The returned map holds the
-// extra keys that were found.
-func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...string) (*Lock, map[string]*memcache.Item, error) {
-	token := make([]byte, 32)
-	var raw [16]byte
-	_, _ = crand.Read(raw[:])
-	hex.Encode(token, raw[:])
+// AcquireAndGet is Acquire that also reads the keys extra from the same
+// node in the same round trip as each attempt: it takes a session's lock
+// and reads the session at once. The items are returned in the order of
+// extra, read after the lock was taken (while the lock is held by someone
+// else the reads are discarded).
+//
+// An attempt whose outcome is unknown (the connection broke after the add
+// was sent) is retried once at once with the same owner token, reading the
+// lock item too: a lock found holding that token is ours. When it fails
+// again, the error is returned and the token is remembered, so that the
+// next acquisition of key by this Locker recognises the lock as its own
+// instead of waiting for it, and a background cleanup deletes it (only
+// while it still holds that token) once the node answers.
+func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...string) (*Lock, []Item, error) {
+	token, uncertain := l.tokenFor(key)
 	exp := l.exptime()
+	// reqs is the add and the reads of extra; ownReqs also reads the lock
+	// item (after an attempt with an unknown outcome).
+	reqs := make([]meta.Request, 1, 1+len(extra))
+	reqs[0] = meta.Request{Command: meta.Set, Key: key, Value: token, Mode: meta.ModeAdd, TTL: exp, ReturnCAS: true}
+	for _, k := range extra {
+		reqs = append(reqs, ops.GetRequest(k))
+	}
+	var ownReqs []meta.Request
+	out := make([]meta.Response, len(reqs)+1)
 
 	start := time.Now()
 	wait := l.cfg.WaitTimeout
@@ -196,14 +243,47 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 	deadline := start.Add(wait)
 	pause := l.cfg.BackoffStart
 	var timer *time.Timer
-	waited := false
+	waited, retried := false, false
+	var cas uint64
 	for {
-		err := l.cluster.Add(ctx, node, &memcache.Item{Key: key, Value: token, Expiration: exp})
-		if err == nil {
+		// The read of the lock item is only needed to recognise our own
+		// lock after an attempt with an unknown outcome.
+		batch := reqs
+		if uncertain {
+			if ownReqs == nil {
+				ownReqs = append([]meta.Request{reqs[0], {Command: meta.Get, Key: key, ReturnValue: true, ReturnCAS: true}}, reqs[1:]...)
+			}
+			batch = ownReqs
+		}
+		res := out[:len(batch)]
+		err := l.cluster.Exec(ctx, node, batch, res)
+		if err != nil {
+			if errors.Is(err, meta.ErrUnknownOutcome) {
+				if !retried && ctx.Err() == nil {
+					uncertain, retried = true, true
+					continue
+				}
+				l.forgetLater(node, key, token)
+			}
+			return nil, nil, fmt.Errorf("lock: acquire %s: %w", key, err)
+		}
+		addErr := ops.Answer(&res[0])
+		if addErr == nil {
+			cas = res[0].CAS
 			break
 		}
-		if !errors.Is(err, replica.ErrNotStored) {
-			return nil, nil, fmt.Errorf("lock: acquire %s: %w", key, err)
+		if !errors.Is(addErr, ops.ErrNotStored) {
+			return nil, nil, fmt.Errorf("lock: acquire %s: %w", key, addErr)
+		}
+		if uncertain {
+			if own := res[1]; own.Status == meta.StatusOK && string(own.Value) == string(token) {
+				cas = own.CAS // an earlier add with our token did land
+				break
+			}
+			// The lock is someone else's (or gone): our earlier add did
+			// not land, or expired.
+			uncertain = false
+			l.clearToken(key, token)
 		}
 		if !waited {
 			l.m.waited.Add(1)
@@ -231,31 +311,120 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 		}
 		pause = min(pause*2, l.cfg.BackoffMax)
 	}
+	if uncertain {
+		l.clearToken(key, token)
+	}
 	// WaitTime counts only acquisitions that found the lock held, not the
 	// round trip of an uncontended add.
 	if waited {
 		l.m.waitNanos.Add(uint64(time.Since(start)))
 	}
 	l.m.acquired.Add(1)
-	lk := &Lock{l: l, node: node, key: key, token: token, acquired: time.Now()}
-	items, err := l.cluster.GetMulti(ctx, node, append([]string{key}, extra...))
-	if err == nil {
-		err = lk.bind(items[key])
-	}
-	if err != nil {
-		// We hold the lock but cannot prove it on release: drop it by
-		// expiring it right away with a plain touch (best effort).
-		// Only when the read failed: when bind says ErrLost the item is
-		// gone or holds another owner's token (ours expired in between),
-		// and expiring it would delete someone else's lock.
-		if !errors.Is(err, ErrLost) {
-			_ = l.cluster.Touch(context.WithoutCancel(ctx), node, key, -1)
+	lk := &Lock{l: l, node: node, key: key, token: token, cas: cas, acquired: time.Now()}
+	var items []Item
+	if len(extra) > 0 {
+		items = make([]Item, len(extra))
+		first := 1
+		if uncertain {
+			first = 2
 		}
-		return nil, nil, fmt.Errorf("lock: acquire %s: %w", key, err)
+		for i := range extra {
+			r := &out[first+i]
+			if r.Status == meta.StatusOK {
+				items[i] = Item{Found: true, Value: r.Value, CAS: r.CAS, Flags: r.Flags, TTL: r.TTL}
+			} else if r.Status != meta.StatusMiss {
+				_ = lk.Release(context.WithoutCancel(ctx))
+				return nil, nil, fmt.Errorf("lock: acquire %s: read %s: %w", key, extra[i], ops.Answer(r))
+			}
+		}
 	}
-	delete(items, key)
 	lk.scheduleRenewal()
 	return lk, items, nil
+}
+
+// tokenFor returns the owner token for a new acquisition of key: the token
+// of an earlier add of this Locker whose outcome is unknown (uncertain is
+// then true), or a fresh one.
+func (l *Locker) tokenFor(key string) (token []byte, uncertain bool) {
+	l.mu.Lock()
+	p, ok := l.uncertain[key]
+	l.mu.Unlock()
+	if ok && time.Now().Before(p.until) {
+		return p.token, true
+	}
+	token = make([]byte, 32)
+	var raw [16]byte
+	_, _ = crand.Read(raw[:])
+	hex.Encode(token, raw[:])
+	return token, false
+}
+
+// maxUncertain bounds the remembered tokens of adds with unknown outcome.
+const maxUncertain = 4096
+
+// forgetLater remembers token as possibly holding key (until the lock
+// would have expired) and starts a cleanup that deletes the lock item,
+// only while it holds token, once the node answers again.
+func (l *Locker) forgetLater(node, key string, token []byte) {
+	until := time.Now().Add(l.cfg.TTL + time.Second)
+	l.mu.Lock()
+	if len(l.uncertain) >= maxUncertain {
+		for k, p := range l.uncertain { // drop expired entries, or any one
+			if time.Now().After(p.until) || len(l.uncertain) >= maxUncertain {
+				delete(l.uncertain, k)
+			}
+		}
+	}
+	l.uncertain[key] = pendingToken{token: token, until: until}
+	l.mu.Unlock()
+	go l.cleanup(node, key, token, until)
+}
+
+// clearToken forgets a remembered token once its fate is known.
+func (l *Locker) clearToken(key string, token []byte) {
+	l.mu.Lock()
+	if p, ok := l.uncertain[key]; ok && string(p.token) == string(token) {
+		delete(l.uncertain, key)
+	}
+	l.mu.Unlock()
+}
+
+// cleanup deletes the lock item key on node if it holds token, retrying
+// with backoff until the node answers or the lock would have expired.
+func (l *Locker) cleanup(node, key string, token []byte, until time.Time) {
+	pause := 100 * time.Millisecond
+	for time.Now().Before(until) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := l.deleteIfOwner(ctx, node, key, token)
+		cancel()
+		if err == nil {
+			l.clearToken(key, token)
+			return
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 2*time.Second)
+	}
+	l.clearToken(key, token)
+}
+
+// deleteIfOwner reads key and deletes it with its CAS id when it holds
+// token; nil when that is done or the item is someone else's or gone.
+func (l *Locker) deleteIfOwner(ctx context.Context, node, key string, token []byte) error {
+	it, err := ops.Get(ctx, l.cluster, node, key)
+	if errors.Is(err, ops.ErrMiss) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if string(it.Value) != string(token) {
+		return nil
+	}
+	err = ops.Delete(ctx, l.cluster, node, key, it.CAS)
+	if err == nil || errors.Is(err, ops.ErrMiss) || errors.Is(err, ops.ErrCASConflict) {
+		return nil
+	}
+	return err
 }
 
 // exptime returns the memcached exptime of a lock item: the TTL in whole
@@ -266,17 +435,6 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 // before its first renewal (TTL/3) or while its holder still works.
 func (l *Locker) exptime() int32 {
 	return replica.Expiration(l.cfg.TTL+time.Second, time.Now())
-}
-
-// bind records the CAS id of our lock item after checking it holds our token.
-func (lk *Lock) bind(it *memcache.Item) error {
-	if it == nil || string(it.Value) != string(lk.token) {
-		return ErrLost
-	}
-	lk.mu.Lock()
-	lk.cas = it.CasID
-	lk.mu.Unlock()
-	return nil
 }
 
 func (lk *Lock) scheduleRenewal() {
@@ -300,10 +458,14 @@ func (lk *Lock) scheduleRenewal() {
 	})
 }
 
-// Renew extends the lock's lifetime to a full TTL from now, after checking
-// (by CAS id) that the lock is still ours; it returns ErrLost otherwise.
-// Held locks are renewed automatically every Config.RenewEvery.
+// Renew extends the lock's lifetime to a full TTL from now with one
+// compare-and-set of the lock item against its CAS id: only the owner's
+// item is extended, never a lock someone else took after ours expired.
+// It returns ErrLost when the lock is no longer ours. Held locks are
+// renewed automatically every Config.RenewEvery.
 func (lk *Lock) Renew(ctx context.Context) error {
+	lk.op.Lock()
+	defer lk.op.Unlock()
 	lk.mu.Lock()
 	done, lost, cas := lk.done, lk.lost, lk.cas
 	lk.mu.Unlock()
@@ -313,24 +475,21 @@ func (lk *Lock) Renew(ctx context.Context) error {
 	if done {
 		return nil
 	}
-	it, err := lk.l.cluster.Get(ctx, lk.node, lk.key)
-	if errors.Is(err, replica.ErrMiss) || err == nil && it.CasID != cas {
+	newCAS, err := ops.Store(ctx, lk.l.cluster, lk.node, meta.ModeSet,
+		&ops.Item{Key: lk.key, Value: lk.token, CAS: cas}, lk.l.exptime())
+	switch {
+	case err == nil:
+		lk.mu.Lock()
+		lk.cas = newCAS
+		lk.mu.Unlock()
+		lk.l.m.renewals.Add(1)
+		return nil
+	case errors.Is(err, ops.ErrMiss) || errors.Is(err, ops.ErrCASConflict):
 		lk.markLost()
 		return fmt.Errorf("%w: %s", ErrLost, lk.key)
-	}
-	if err != nil {
+	default:
 		return fmt.Errorf("lock: renew %s: %w", lk.key, err)
 	}
-	// touch keeps the CAS id, so the release below still matches.
-	if err := lk.l.cluster.Touch(ctx, lk.node, lk.key, lk.l.exptime()); err != nil {
-		if errors.Is(err, replica.ErrMiss) {
-			lk.markLost()
-			return fmt.Errorf("%w: %s", ErrLost, lk.key)
-		}
-		return fmt.Errorf("lock: renew %s: %w", lk.key, err)
-	}
-	lk.l.m.renewals.Add(1)
-	return nil
 }
 
 func (lk *Lock) markLost() {
@@ -360,32 +519,51 @@ func (lk *Lock) Lost() bool {
 func (lk *Lock) HeldFor() time.Duration { return time.Since(lk.acquired) }
 
 // Release stops renewal and deletes the lock item if it is still ours:
-// cas with the CAS id read after acquiring and exptime -1, an atomic
-// compare-and-delete. When the lock expired and someone else holds it now,
-// nothing is deleted and ErrLost is returned. A second Release is a no-op.
+// a compare-and-delete against the CAS id of our item. When the lock
+// expired and someone else holds it now, nothing is deleted and ErrLost
+// is returned. A second Release is a no-op.
 func (lk *Lock) Release(ctx context.Context) error {
+	key, cas, err := lk.BeginRelease()
+	if err != nil || key == "" {
+		return err
+	}
+	return lk.EndRelease(ops.Delete(ctx, lk.l.cluster, lk.node, key, cas))
+}
+
+// BeginRelease stops renewal and returns what the owner-checked release
+// needs, for a caller that sends the compare-and-delete itself in a batch
+// of its own (package store pipelines it after a save): the lock key and
+// the CAS id of our item ("md <key> C<cas>"). It waits for a renewal in
+// flight. key is "" when the lock was released already; err is ErrLost
+// when it was lost. Report the delete's outcome with EndRelease.
+func (lk *Lock) BeginRelease() (key string, cas uint64, err error) {
+	lk.op.Lock()
+	defer lk.op.Unlock()
 	lk.mu.Lock()
+	defer lk.mu.Unlock()
 	if lk.done {
-		lost := lk.lost
-		lk.mu.Unlock()
-		if lost {
-			return fmt.Errorf("%w: %s", ErrLost, lk.key)
+		if lk.lost {
+			return "", 0, fmt.Errorf("%w: %s", ErrLost, lk.key)
 		}
-		return nil
+		return "", 0, nil
 	}
 	lk.done = true
 	if lk.renewal != nil {
 		lk.renewal.Stop()
 	}
-	cas := lk.cas
-	lk.mu.Unlock()
+	return lk.key, lk.cas, nil
+}
 
-	err := lk.l.cluster.CompareAndSwap(ctx, lk.node, &memcache.Item{Key: lk.key, Value: lk.token, Expiration: -1, CasID: cas})
+// EndRelease records the outcome of the compare-and-delete started with
+// BeginRelease: err is nil when it deleted our item, an error wrapping a
+// CAS mismatch or a miss when the lock was no longer ours (ErrLost is
+// returned), or a failure of the node (returned wrapped).
+func (lk *Lock) EndRelease(err error) error {
 	switch {
 	case err == nil:
 		lk.l.m.released.Add(1)
 		return nil
-	case errors.Is(err, replica.ErrCASConflict) || errors.Is(err, replica.ErrMiss) || errors.Is(err, replica.ErrNotStored):
+	case errors.Is(err, ops.ErrCASConflict) || errors.Is(err, ops.ErrMiss):
 		lk.mu.Lock()
 		lk.lost = true
 		lk.mu.Unlock()
@@ -394,4 +572,11 @@ func (lk *Lock) Release(ctx context.Context) error {
 	default:
 		return fmt.Errorf("lock: release %s: %w", lk.key, err)
 	}
+}
+
+// CAS returns the CAS id of the lock item as last written by us.
+func (lk *Lock) CAS() uint64 {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	return lk.cas
 }

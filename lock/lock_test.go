@@ -123,9 +123,11 @@ func TestLockAcquireAndGetReadsExtraKeys(t *testing.T) {
 
 	lk, items, err := l.AcquireAndGet(ctx, "n1", "lock:sess", "sess", "absent")
 	require.NoError(t, err)
-	require.Len(t, items, 1, "found extras only, not the lock key")
-	require.Equal(t, []byte("data"), items["sess"].Value)
-	require.NotZero(t, items["sess"].CasID)
+	require.Len(t, items, 2, "one item per extra key, in order")
+	require.True(t, items[0].Found)
+	require.Equal(t, []byte("data"), items[0].Value)
+	require.NotZero(t, items[0].CAS)
+	require.False(t, items[1].Found)
 	require.NoError(t, lk.Release(ctx))
 }
 
@@ -305,7 +307,7 @@ func TestRenewAfterLoss(t *testing.T) {
 }
 
 func TestLockMetrics(t *testing.T) {
-	_, rc := newCluster(t, 1)
+	mc, rc := newCluster(t, 1)
 	ctx := context.Background()
 	l := newLocker(t, rc, lock.Config{TTL: 5 * time.Second, RenewEvery: -1})
 
@@ -346,7 +348,7 @@ func TestLockMetrics(t *testing.T) {
 		{name: "lost on release", do: func(t *testing.T) {
 			lk, err := l.Acquire(ctx, "n1", "lock:m5")
 			require.NoError(t, err)
-			require.NoError(t, rc.Delete(ctx, "n1", lk.Key()))
+			require.NoError(t, mc.Node("n1").Client().Delete(lk.Key()))
 			require.ErrorIs(t, lk.Release(ctx), lock.ErrLost)
 		}, want: lock.Metrics{Acquired: 6, Waited: 2, Timeouts: 1, Renewals: 2, Released: 5, Lost: 1}},
 	}

@@ -1,6 +1,6 @@
 // Package replica manages the memcached nodes of a session cluster: one
-// gomemcache client and one circuit breaker per node, placement of new
-// sessions, and writes that go to a primary and a backup node in parallel.
+// pool of meta-protocol connections and one circuit breaker per node, the
+// placement of new sessions and of backup copies, and node health.
 //
 // It knows nothing of sessions' contents or of HTTP; package store builds
 // loading with fallback, restore and relocation on top of it.
@@ -10,25 +10,29 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/mcsession/mcsession/internal/meta"
+	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/sony/gobreaker/v2"
 )
 
 // Defaults for Config fields left at their zero value.
 const (
-	// DefaultTimeout is the socket read/write (and dial) timeout per operation.
+	// DefaultTimeout bounds one round trip to a node (the write of a batch
+	// and its answers), the wait for a free connection, and a dial.
 	DefaultTimeout = 500 * time.Millisecond
-	// DefaultMaxIdleConns is the idle connections kept per node. gomemcache's
-	// own default of 2 makes a busy server open and close a socket for most
-	// requests; 128 covers the parallelism of a typical app server.
+	// DefaultMaxIdleConns is the idle connections kept per node: enough
+	// for the parallelism of a typical app server, so that a busy server
+	// does not open and close a socket for most requests.
 	DefaultMaxIdleConns = 128
+	// DefaultMaxConns bounds the connections open to one node; a request
+	// that finds them all busy waits (up to Timeout) for one.
+	DefaultMaxConns = 256
 	// DefaultFailureThreshold is how many consecutive failures open a node's breaker.
 	DefaultFailureThreshold = 3
 	// DefaultOpenTimeout is how long an open breaker rejects calls before it
@@ -41,12 +45,18 @@ type Config struct {
 	// Nodes lists the memcached servers in a fixed order; the backup of a
 	// session is the next healthy node after its primary in this order.
 	Nodes []Node
-	// Timeout bounds each network operation (dial, read, write) on a node.
-	// Default DefaultTimeout (500 ms).
+	// Timeout bounds each round trip to a node (dial, write, answers) and
+	// the wait for a free connection. Default DefaultTimeout (500 ms).
 	Timeout time.Duration
 	// MaxIdleConns is the number of idle connections kept per node; set it to
 	// the expected number of parallel requests. Default DefaultMaxIdleConns (128).
 	MaxIdleConns int
+	// MaxConns bounds the connections open to one node. Default
+	// DefaultMaxConns (256), at least MaxIdleConns.
+	MaxConns int
+	// DialContext opens connections to the nodes, for example through a
+	// *tls.Dialer. Default: a net.Dialer with Timeout.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// FailureThreshold is the number of consecutive failures after which a
 	// node's breaker opens. Default DefaultFailureThreshold (3).
 	FailureThreshold uint32
@@ -59,6 +69,10 @@ type Config struct {
 
 // Cluster is a fixed set of memcached nodes. It is safe for concurrent use.
 type Cluster struct {
+	// Handle gives mcsession's own packages (lock, store) the operations
+	// and failover helpers of the cluster; it has no use outside them.
+	ops.Handle
+
 	nodes []*node
 	byID  map[string]*node
 	next  atomic.Uint64 // round-robin cursor for new sessions
@@ -68,7 +82,7 @@ type Cluster struct {
 type node struct {
 	Node
 	index   int // position in Cluster.nodes
-	client  *memcache.Client
+	pool    *meta.Pool
 	breaker *gobreaker.CircuitBreaker[struct{}]
 	outage  atomic.Int64 // unix nanoseconds of the last outage (breaker opened, or MarkOutage); 0 = never
 	refused atomic.Bool  // the last failure was a refused connection
@@ -85,6 +99,10 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.MaxIdleConns <= 0 {
 		cfg.MaxIdleConns = DefaultMaxIdleConns
 	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	cfg.MaxConns = max(cfg.MaxConns, cfg.MaxIdleConns)
 	if cfg.FailureThreshold == 0 {
 		cfg.FailureThreshold = DefaultFailureThreshold
 	}
@@ -96,12 +114,14 @@ func New(cfg Config) (*Cluster, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Cluster{byID: make(map[string]*node, len(cfg.Nodes)), log: log}
+	c.Handle = ops.NewHandle(view{c})
 	for _, n := range cfg.Nodes {
-		mc := memcache.New(n.Addr)
-		mc.Timeout = cfg.Timeout
-		mc.MaxIdleConns = cfg.MaxIdleConns
+		pool := meta.NewPool(meta.Config{
+			Addr: n.Addr, Dial: cfg.DialContext, Timeout: cfg.Timeout, DialTimeout: cfg.Timeout,
+			MaxConns: cfg.MaxConns, MaxIdle: cfg.MaxIdleConns,
+		})
 		threshold := cfg.FailureThreshold
-		nd := &node{Node: n, index: len(c.nodes), client: mc}
+		nd := &node{Node: n, index: len(c.nodes), pool: pool}
 		nd.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 			Name:        n.ID,
 			MaxRequests: 1,
@@ -109,9 +129,11 @@ func New(cfg Config) (*Cluster, error) {
 			ReadyToTrip: func(counts gobreaker.Counts) bool {
 				return counts.ConsecutiveFailures >= threshold
 			},
-			IsSuccessful: func(err error) bool { return err == nil || isAnswer(err) },
+			// Answers (a miss, "not stored", a CAS mismatch) are responses,
+			// not errors, so only failures of the node reach the breaker.
 			IsExcluded: func(err error) bool {
-				return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+				return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+					errors.Is(err, meta.ErrBadRequest)
 			},
 			// Runs under the breaker's mutex: only log, never call the breaker.
 			OnStateChange: func(name string, from, to gobreaker.State) {
@@ -127,11 +149,11 @@ func New(cfg Config) (*Cluster, error) {
 	return c, nil
 }
 
-// Close closes the idle connections of every node.
+// Close closes the connections of every node; calls made after Close fail.
 func (c *Cluster) Close() error {
 	var errs []error
 	for _, n := range c.nodes {
-		errs = append(errs, n.client.Close())
+		errs = append(errs, n.pool.Close())
 	}
 	return errors.Join(errs...)
 }
@@ -158,20 +180,20 @@ func (c *Cluster) Healthy(id string) bool {
 	return ok && n.breaker.State() != gobreaker.StateOpen
 }
 
-// MarkOutage records that the node failed badly enough for sessions to be
+// markOutage records that the node failed badly enough for sessions to be
 // moved off it (the store calls it when it relocates one). The breaker
 // opening records the same.
-func (c *Cluster) MarkOutage(id string) {
+func (c *Cluster) markOutage(id string) {
 	if n, ok := c.byID[id]; ok {
 		n.outage.Store(time.Now().UnixNano())
 	}
 }
 
-// OutageWithin reports whether the node had an outage (its breaker opened,
-// or MarkOutage) within the last d: a node that was away that recently may
+// outageWithin reports whether the node had an outage (its breaker opened,
+// or markOutage) within the last d: a node that was away that recently may
 // still hold copies of sessions that moved to other nodes meanwhile. A
 // single failed operation that did not open the breaker does not count.
-func (c *Cluster) OutageWithin(id string, d time.Duration) bool {
+func (c *Cluster) outageWithin(id string, d time.Duration) bool {
 	n, ok := c.byID[id]
 	if !ok {
 		return false
@@ -180,10 +202,10 @@ func (c *Cluster) OutageWithin(id string, d time.Duration) bool {
 	return t != 0 && time.Since(time.Unix(0, t)) < d
 }
 
-// Gone reports whether the node's last failure was a refused connection:
+// gone reports whether the node's last failure was a refused connection:
 // no memcached process listens there, so whatever it held is lost (a hung
 // or unreachable node, which times out instead, may still have its data).
-func (c *Cluster) Gone(id string) bool {
+func (c *Cluster) gone(id string) bool {
 	n, ok := c.byID[id]
 	return ok && n.refused.Load()
 }
@@ -210,10 +232,10 @@ func (c *Cluster) Status() []NodeStatus {
 	return out
 }
 
-// PickNew chooses the primary node of a new session: round robin over the
+// pickNew chooses the primary node of a new session: round robin over the
 // nodes whose breaker is closed, or, when none is, over the half-open ones.
 // It returns ErrNoHealthyNode when every breaker is open.
-func (c *Cluster) PickNew() (string, error) {
+func (c *Cluster) pickNew() (string, error) {
 	start := c.next.Add(1)
 	for _, want := range []gobreaker.State{gobreaker.StateClosed, gobreaker.StateHalfOpen} {
 		for i := range c.nodes {
@@ -249,9 +271,9 @@ next:
 	return ""
 }
 
-// BackupCandidates returns every node after primary in list order, healthy
+// backupCandidates returns every node after primary in list order, healthy
 // or not: the places a backup copy may have been written to.
-func (c *Cluster) BackupCandidates(primary string) []string {
+func (c *Cluster) backupCandidates(primary string) []string {
 	p, ok := c.byID[primary]
 	if !ok {
 		return nil
@@ -263,12 +285,11 @@ func (c *Cluster) BackupCandidates(primary string) []string {
 	return out
 }
 
-// exec runs op against the node's client through the node's breaker.
-// Answers (miss, not stored, CAS conflict) are returned as they are;
-// failures are wrapped with ErrNodeDown. A connection the server closed
-// (a node that restarted leaves stale pooled connections) drops the node's
-// idle pool and retries once: the command never reached the new process.
-func (c *Cluster) exec(ctx context.Context, id string, op func(*memcache.Client) error) error {
+// exec sends reqs as one batch to node id through the node's breaker.
+// Answers (miss, not stored, CAS mismatch) are left in out; failures of
+// the node are wrapped with ErrNodeDown. The transport never retries a
+// batch that may have reached the server.
+func (c *Cluster) exec(ctx context.Context, id string, reqs []meta.Request, out []meta.Response) error {
 	n, ok := c.byID[id]
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownNode, id)
@@ -277,14 +298,12 @@ func (c *Cluster) exec(ctx context.Context, id string, op func(*memcache.Client)
 		return err
 	}
 	_, err := n.breaker.Execute(func() (struct{}, error) {
-		err := op(n.client)
-		if isConnClosed(err) {
-			_ = n.client.Close()
-			err = op(n.client)
-		}
-		return struct{}{}, err
+		return struct{}{}, n.pool.DoInto(ctx, reqs, out)
 	})
-	if err == nil || isAnswer(err) {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, meta.ErrBadRequest) {
 		return err
 	}
 	if !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) {
@@ -293,58 +312,57 @@ func (c *Cluster) exec(ctx context.Context, id string, op func(*memcache.Client)
 	return fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
 }
 
-// isConnClosed reports whether err means the server side of a pooled
-// connection is gone.
-func isConnClosed(err error) bool {
-	return err != nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed))
+// Ping checks that node id answers (a meta no-op through its breaker).
+func (c *Cluster) Ping(ctx context.Context, id string) error {
+	reqs := [1]meta.Request{{Command: meta.NoOp}}
+	var out [1]meta.Response
+	return c.exec(ctx, id, reqs[:], out[:])
 }
 
-// Get reads key from the node with "gets", so the item carries its CAS id.
-// A missing key returns ErrMiss.
-func (c *Cluster) Get(ctx context.Context, nodeID, key string) (*memcache.Item, error) {
-	var it *memcache.Item
-	err := c.exec(ctx, nodeID, func(mc *memcache.Client) (err error) {
-		it, err = mc.Get(key)
-		return err
-	})
-	return it, err
+// PoolStats describes the connections of one node.
+type PoolStats struct {
+	// Node is the node id.
+	Node string
+	// Open and Idle are the connections open now, and idle among them.
+	Open, Idle int
+	// Dials counts connections opened; DialErrors counts failed dials.
+	Dials, DialErrors uint64
+	// Waits counts requests that found every connection busy and waited.
+	Waits uint64
+	// Timeouts counts round trips and waits that ran out of time.
+	Timeouts uint64
+	// Stale counts idle connections found closed by the node (it
+	// restarted) and dropped before use.
+	Stale uint64
+	// Broken counts connections closed after a failed round trip.
+	Broken uint64
+	// RoundTrips counts batches sent; Commands counts the commands in them.
+	RoundTrips, Commands uint64
 }
 
-// Set stores item on the node unconditionally.
-func (c *Cluster) Set(ctx context.Context, nodeID string, item *memcache.Item) error {
-	return c.exec(ctx, nodeID, func(mc *memcache.Client) error { return mc.Set(item) })
+// PoolStats returns the connection statistics of every node in list order.
+func (c *Cluster) PoolStats() []PoolStats {
+	out := make([]PoolStats, len(c.nodes))
+	for i, n := range c.nodes {
+		s := n.pool.Stats()
+		out[i] = PoolStats{Node: n.ID, Open: s.Open, Idle: s.Idle, Dials: s.Dials, DialErrors: s.DialErrors,
+			Waits: s.Waits, Timeouts: s.Timeouts, Stale: s.Stale, Broken: s.Broken,
+			RoundTrips: s.Batches, Commands: s.Requests}
+	}
+	return out
 }
 
-// Add stores item only when its key is absent; otherwise ErrNotStored.
-func (c *Cluster) Add(ctx context.Context, nodeID string, item *memcache.Item) error {
-	return c.exec(ctx, nodeID, func(mc *memcache.Client) error { return mc.Add(item) })
-}
+// view is the ops.View of a Cluster.
+type view struct{ c *Cluster }
 
-// CompareAndSwap stores item only when the stored CAS id still equals
-// item.CasID: ErrCASConflict when it changed, ErrMiss when the key is gone.
-// An Expiration of -1 deletes the item atomically when the CAS id matches.
-func (c *Cluster) CompareAndSwap(ctx context.Context, nodeID string, item *memcache.Item) error {
-	return c.exec(ctx, nodeID, func(mc *memcache.Client) error { return mc.CompareAndSwap(item) })
+func (v view) Exec(ctx context.Context, node string, reqs []meta.Request, out []meta.Response) error {
+	return v.c.exec(ctx, node, reqs, out)
 }
-
-// Touch sets a new exptime on key without rewriting it; ErrMiss when absent.
-func (c *Cluster) Touch(ctx context.Context, nodeID, key string, exptime int32) error {
-	return c.exec(ctx, nodeID, func(mc *memcache.Client) error { return mc.Touch(key, exptime) })
-}
-
-// Delete removes key; ErrMiss when it was absent.
-func (c *Cluster) Delete(ctx context.Context, nodeID, key string) error {
-	return c.exec(ctx, nodeID, func(mc *memcache.Client) error { return mc.Delete(key) })
-}
-
-// GetMulti reads several keys from one node with a single "gets" command.
-// The map holds the keys that were found, each with its CAS id.
-func (c *Cluster) GetMulti(ctx context.Context, nodeID string, keys []string) (map[string]*memcache.Item, error) {
-	var items map[string]*memcache.Item
-	err := c.exec(ctx, nodeID, func(mc *memcache.Client) (err error) {
-		items, err = mc.GetMulti(keys)
-		return err
-	})
-	return items, err
-}
+func (v view) Has(id string) bool                           { return v.c.Has(id) }
+func (v view) Healthy(id string) bool                       { return v.c.Healthy(id) }
+func (v view) PickNew() (string, error)                     { return v.c.pickNew() }
+func (v view) BackupOf(p string, exclude ...string) string  { return v.c.BackupOf(p, exclude...) }
+func (v view) BackupCandidates(p string) []string           { return v.c.backupCandidates(p) }
+func (v view) MarkOutage(id string)                         { v.c.markOutage(id) }
+func (v view) OutageWithin(id string, d time.Duration) bool { return v.c.outageWithin(id, d) }
+func (v view) Gone(id string) bool                          { return v.c.gone(id) }

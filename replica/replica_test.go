@@ -5,10 +5,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mcsession/mcsession/integration/mcproc"
+	"github.com/mcsession/mcsession/internal/meta"
+	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/replica"
 )
 
@@ -86,18 +87,23 @@ func TestAnswersDoNotTripTheBreaker(t *testing.T) {
 	cl := newCluster(t, c)
 	ctx := context.Background()
 	for range 10 {
-		_, err := cl.Get(ctx, "n1", "missing")
-		require.ErrorIs(t, err, replica.ErrMiss)
+		_, err := ops.Get(ctx, ops.Of(cl), "n1", "missing")
+		require.ErrorIs(t, err, ops.ErrMiss)
 	}
-	require.NoError(t, cl.Add(ctx, "n1", &memcache.Item{Key: "k", Value: []byte("v"), Expiration: 60}))
+	v := ops.Of(cl)
+	_, err := ops.Store(ctx, v, "n1", meta.ModeAdd, &ops.Item{Key: "k", Value: []byte("v")}, 60)
+	require.NoError(t, err)
 	for range 5 {
-		require.ErrorIs(t, cl.Add(ctx, "n1", &memcache.Item{Key: "k", Value: []byte("v")}), replica.ErrNotStored)
-		require.ErrorIs(t, cl.CompareAndSwap(ctx, "n1", &memcache.Item{Key: "k", Value: []byte("v"), CasID: 1 << 40}), replica.ErrCASConflict)
+		_, err = ops.Store(ctx, v, "n1", meta.ModeAdd, &ops.Item{Key: "k", Value: []byte("v")}, 60)
+		require.ErrorIs(t, err, ops.ErrNotStored)
+		_, err = ops.Store(ctx, v, "n1", meta.ModeSet, &ops.Item{Key: "k", Value: []byte("v"), CAS: 1 << 40}, 60)
+		require.ErrorIs(t, err, ops.ErrCASConflict)
+		require.ErrorIs(t, ops.Delete(ctx, v, "n1", "missing", 0), ops.ErrMiss)
 	}
 	st := cl.Status()[0]
 	require.Equal(t, "closed", st.State)
 	require.Zero(t, st.ConsecutiveFailures)
-	_, err := cl.Get(ctx, "n9", "k")
+	_, err = ops.Get(ctx, ops.Of(cl), "n9", "k")
 	require.ErrorIs(t, err, replica.ErrUnknownNode)
 }
 
@@ -107,22 +113,22 @@ func TestBreakerOpensAndPlacementSkipsDeadNode(t *testing.T) {
 	ctx := context.Background()
 	require.Equal(t, "n2", cl.BackupOf("n1"))
 	require.Equal(t, "n1", cl.BackupOf("n3"))
-	require.Equal(t, []string{"n3", "n1"}, cl.BackupCandidates("n2"))
+	require.Equal(t, []string{"n3", "n1"}, ops.Of(cl).BackupCandidates("n2"))
 
 	require.NoError(t, c.Node("n2").Kill())
 	for range replica.DefaultFailureThreshold {
-		_, err := cl.Get(ctx, "n2", "k")
+		_, err := ops.Get(ctx, ops.Of(cl), "n2", "k")
 		require.ErrorIs(t, err, replica.ErrNodeDown)
 	}
 	require.False(t, cl.Healthy("n2"))
 	require.Equal(t, "open", cl.Status()[1].State)
-	_, err := cl.Get(ctx, "n2", "k")
+	_, err := ops.Get(ctx, ops.Of(cl), "n2", "k")
 	require.ErrorIs(t, err, replica.ErrNodeDown, "an open breaker fails fast")
 	require.Equal(t, "n3", cl.BackupOf("n1"), "backup skips the dead node")
 	require.Equal(t, "n3", cl.BackupOf("n1", "n9"))
 	require.Equal(t, "", cl.BackupOf("n1", "n3"))
 	for range 10 {
-		id, err := cl.PickNew()
+		id, err := ops.Of(cl).PickNew()
 		require.NoError(t, err)
 		require.NotEqual(t, "n2", id)
 	}
@@ -131,11 +137,11 @@ func TestBreakerOpensAndPlacementSkipsDeadNode(t *testing.T) {
 	require.NoError(t, c.Node("n2").Restart(ctx))
 	var getErr error
 	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if _, getErr = cl.Get(ctx, "n2", "k"); getErr == replica.ErrMiss {
+		if _, getErr = ops.Get(ctx, ops.Of(cl), "n2", "k"); getErr == ops.ErrMiss {
 			break
 		}
 	}
-	require.ErrorIs(t, getErr, replica.ErrMiss)
+	require.ErrorIs(t, getErr, ops.ErrMiss)
 	require.True(t, cl.Healthy("n2"))
 }
 
@@ -146,52 +152,50 @@ func TestAllBreakersOpen(t *testing.T) {
 	for _, n := range c.Nodes {
 		require.NoError(t, n.Kill())
 		for range replica.DefaultFailureThreshold {
-			_, _ = cl.Get(ctx, n.ID, "k")
+			_, _ = ops.Get(ctx, ops.Of(cl), n.ID, "k")
 		}
 	}
-	_, err := cl.PickNew()
+	_, err := ops.Of(cl).PickNew()
 	require.ErrorIs(t, err, replica.ErrNoHealthyNode)
 }
 
-func TestStaleConnectionsAfterRestartAreRetried(t *testing.T) {
+func TestStaleConnectionsAfterRestartAreDropped(t *testing.T) {
 	c := mcproc.NewCluster(t, 1)
 	cl := newCluster(t, c)
 	ctx := context.Background()
 	// Fill the idle pool with several connections.
 	errs := make(chan error, 8)
 	for range 8 {
-		go func() { _, err := cl.Get(ctx, "n1", "k"); errs <- err }()
+		go func() { _, err := ops.Get(ctx, ops.Of(cl), "n1", "k"); errs <- err }()
 	}
 	for range 8 {
-		require.ErrorIs(t, <-errs, replica.ErrMiss)
+		require.ErrorIs(t, <-errs, ops.ErrMiss)
 	}
 	require.NoError(t, c.Node("n1").Restart(ctx))
-	_, err := cl.Get(ctx, "n1", "k")
-	require.ErrorIs(t, err, replica.ErrMiss, "a stale pooled connection is not a node failure")
+	_, err := ops.Get(ctx, ops.Of(cl), "n1", "k")
+	require.ErrorIs(t, err, ops.ErrMiss, "a stale pooled connection is not a node failure")
 	require.Zero(t, cl.Status()[0].ConsecutiveFailures)
+	require.NotZero(t, cl.PoolStats()[0].Stale, "the closed idle connections were found and dropped")
 }
 
-func TestReplicate(t *testing.T) {
+func TestPingAndPoolStats(t *testing.T) {
 	c := mcproc.NewCluster(t, 2)
 	cl := newCluster(t, c)
 	ctx := context.Background()
-	w := replica.Write{
-		Primary: "n1", Item: &memcache.Item{Key: "s", Value: []byte("v1"), Expiration: 60}, Mode: replica.ModeAdd,
-		Backup: "n2", BackupItem: &memcache.Item{Key: "bak:s", Value: []byte("v1"), Expiration: 60},
-	}
-	pErr, bErr := cl.Replicate(ctx, w)
-	require.NoError(t, pErr)
-	require.NoError(t, bErr)
-	it, err := c.Node("n2").Client().Get("bak:s")
-	require.NoError(t, err)
-	require.Equal(t, "v1", string(it.Value))
-
-	pErr, _ = cl.Replicate(ctx, w)
-	require.ErrorIs(t, pErr, replica.ErrNotStored, "add of an existing key")
+	require.NoError(t, cl.Ping(ctx, "n1"))
+	require.NoError(t, cl.Ping(ctx, "n2"))
+	require.ErrorIs(t, cl.Ping(ctx, "n9"), replica.ErrUnknownNode)
+	ps := cl.PoolStats()
+	require.Len(t, ps, 2)
+	require.Equal(t, "n1", ps[0].Node)
+	require.Equal(t, 1, ps[0].Open)
+	require.Equal(t, 1, ps[0].Idle)
+	require.Equal(t, uint64(1), ps[0].RoundTrips)
+	require.Equal(t, uint64(1), ps[0].Dials)
 
 	require.NoError(t, c.Node("n2").Kill())
-	w.Mode = replica.ModeSet
-	pErr, bErr = cl.Replicate(ctx, w)
-	require.NoError(t, pErr)
-	require.ErrorIs(t, bErr, replica.ErrNodeDown)
+	err := cl.Ping(ctx, "n2")
+	require.ErrorIs(t, err, replica.ErrNodeDown)
+	require.ErrorIs(t, err, meta.ErrNotSent, "a refused dial sent nothing")
+	require.Equal(t, uint64(1), cl.PoolStats()[1].DialErrors)
 }

@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/mcsession/mcsession/codec"
+	"github.com/mcsession/mcsession/internal/meta"
+	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/replica"
 )
 
@@ -34,11 +35,11 @@ func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
 		return nil, ErrNotFound
 	}
 	key, bkey, _ := st.Keys(id)
-	it, err := st.cluster.Get(ctx, node, key)
+	it, err := ops.Get(ctx, st.view, node, key)
 	switch {
 	case err == nil:
 		return st.fromPrimary(ctx, id, base, node, it)
-	case errors.Is(err, replica.ErrMiss):
+	case errors.Is(err, ops.ErrMiss):
 		return st.restore(ctx, id, node, key, bkey)
 	case errors.Is(err, replica.ErrNodeDown):
 		return st.relocate(ctx, id, base, node, bkey, err)
@@ -50,7 +51,7 @@ func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
 // fromPrimary turns the primary copy of id, read from node, into a
 // session; when the node had an outage lately, a relocated copy at least
 // as new is returned instead (see newerMoved).
-func (st *Store) fromPrimary(ctx context.Context, id, base, node string, it *memcache.Item) (*Session, error) {
+func (st *Store) fromPrimary(ctx context.Context, id, base, node string, it *ops.Item) (*Session, error) {
 	s, err := st.decode(id, it)
 	if err != nil {
 		return nil, err
@@ -64,14 +65,14 @@ func (st *Store) fromPrimary(ctx context.Context, id, base, node string, it *mem
 
 // decode turns a stored item into a session; corrupt or expired records
 // give ErrNotFound.
-func (st *Store) decode(id string, it *memcache.Item) (*Session, error) {
+func (st *Store) decode(id string, it *ops.Item) (*Session, error) {
 	rec, err := codec.DecodeRecord(st.codec, it.Value)
 	if err != nil {
 		st.stats.corrupt.Add(1)
 		st.log.Error("corrupt session record in memcached: treated as not found", "key", it.Key, "err", err)
 		return nil, fmt.Errorf("%w: %s: %w", ErrNotFound, id, err)
 	}
-	return st.fromRecord(id, rec, it.CasID)
+	return st.fromRecord(id, rec, it.CAS)
 }
 
 // fromRecord builds the session id from a decoded record with the CAS id
@@ -107,9 +108,9 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 		}
 	}
 	unknown := false // a candidate that may hold a copy did not answer
-	for _, cand := range st.cluster.BackupCandidates(node) {
-		if !st.cluster.Healthy(cand) {
-			unknown = unknown || !st.cluster.Gone(cand)
+	for _, cand := range st.view.BackupCandidates(node) {
+		if !st.view.Healthy(cand) {
+			unknown = unknown || !st.view.Gone(cand)
 			continue
 		}
 		keys := []string{bkey}
@@ -119,10 +120,10 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 			movedKey, _, _ := st.Keys(movedID)
 			keys = append(keys, movedKey)
 		}
-		items, err := st.cluster.GetMulti(ctx, cand, keys)
+		items, err := ops.GetMulti(ctx, st.view, cand, keys)
 		if err != nil {
 			lastErr = err
-			unknown = unknown || !st.cluster.Gone(cand)
+			unknown = unknown || !st.view.Gone(cand)
 			continue
 		}
 		answered = true
@@ -161,17 +162,17 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 // base-<node>, and one at least as new found there is returned instead of s.
 // Otherwise (the usual case) it costs nothing and returns nil.
 func (st *Store) newerMoved(ctx context.Context, s *Session, base, node string) *Session {
-	if !st.cluster.OutageWithin(node, s.IdleTimeout()) {
+	if !st.view.OutageWithin(node, s.IdleTimeout()) {
 		return nil
 	}
 	var best *Session
-	for _, cand := range st.cluster.BackupCandidates(node) {
-		if !st.cluster.Healthy(cand) {
+	for _, cand := range st.view.BackupCandidates(node) {
+		if !st.view.Healthy(cand) {
 			continue
 		}
 		movedID := makeID(base, cand)
 		key, _, _ := st.Keys(movedID)
-		it, err := st.cluster.Get(ctx, cand, key)
+		it, err := ops.Get(ctx, st.view, cand, key)
 		if err != nil {
 			continue
 		}
@@ -227,7 +228,7 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 		st.stats.loads.Add(1)
 		return s, nil // a parallel request relocated it already
 	}
-	if errors.Is(err, ErrNotFound) && !st.cluster.Gone(node) {
+	if errors.Is(err, ErrNotFound) && !st.view.Gone(node) {
 		// The primary timed out rather than refused: it may come back with
 		// the session, so a missing backup proves nothing. Answer
 		// "unavailable" (retry later) rather than start a fresh session.
@@ -262,17 +263,17 @@ func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target stri
 	if err := st.putPrimary(ctx, s, target, newKey, saving); err != nil {
 		return err
 	}
-	st.cluster.MarkOutage(dead) // it may come back with the old copy
-	if b := st.cluster.BackupOf(target, dead); b != "" {
-		raw, _, _, err := s.encode(0)
+	st.view.MarkOutage(dead) // it may come back with the old copy
+	if b := st.view.BackupOf(target, dead); b != "" {
+		raw, version, _, err := s.encode(0)
 		if exp, ok := s.exptime(); ok && err == nil {
-			if err := st.cluster.Set(ctx, b, &memcache.Item{Key: newBkey, Value: raw, Expiration: exp}); err != nil {
+			if _, err := ops.Store(ctx, st.view, b, meta.ModeSet, &ops.Item{Key: newBkey, Value: raw, Flags: flagsOf(version)}, exp); err != nil {
 				st.stats.backupFailures.Add(1)
 				st.log.Warn("backup write failed", "id", newID, "node", b, "err", err)
 			}
 		}
 	}
-	_ = st.cluster.Delete(ctx, target, oldBkey) // its content is now the primary copy
+	_ = ops.Delete(ctx, st.view, target, oldBkey, 0) // its content is now the primary copy
 	st.stats.relocations.Add(1)
 	return nil
 }
@@ -295,27 +296,28 @@ func (st *Store) putPrimary(ctx context.Context, s *Session, node, key string, s
 		return err
 	}
 	for attempt := 0; attempt < 3; attempt++ {
-		err := st.cluster.Add(ctx, node, &memcache.Item{Key: key, Value: raw, Expiration: exp})
-		if err != nil && !errors.Is(err, replica.ErrNotStored) {
+		item := &ops.Item{Key: key, Value: raw, Flags: flagsOf(version)}
+		cas, err := ops.Store(ctx, st.view, node, meta.ModeAdd, item, exp)
+		if err == nil {
+			s.setCAS(cas)
+			return nil
+		}
+		if !errors.Is(err, ops.ErrNotStored) {
 			return err
 		}
-		it, gerr := st.cluster.Get(ctx, node, key)
-		if errors.Is(gerr, replica.ErrMiss) {
+		it, gerr := ops.Get(ctx, st.view, node, key)
+		if errors.Is(gerr, ops.ErrMiss) {
 			continue // expired between add and get: add again
 		}
 		if gerr != nil {
 			return gerr
-		}
-		if err == nil {
-			s.setCAS(it.CasID)
-			return nil
 		}
 		there, derr := codec.DecodeRecord(st.codec, it.Value)
 		if derr == nil && there.Version >= version && saving {
 			return fmt.Errorf("%w: %s: version %d is there already", ErrConflict, key, there.Version)
 		}
 		if derr == nil && there.Version >= version {
-			cur, err := st.fromRecord(s.ID(), there, it.CasID)
+			cur, err := st.fromRecord(s.ID(), there, it.CAS)
 			if err != nil {
 				return err
 			}
@@ -323,12 +325,13 @@ func (st *Store) putPrimary(ctx context.Context, s *Session, node, key string, s
 			return nil
 		}
 		// Older or corrupt copy: replace it if nobody changed it meanwhile.
-		cerr := st.cluster.CompareAndSwap(ctx, node, &memcache.Item{Key: key, Value: raw, Expiration: exp, CasID: it.CasID})
+		item.CAS = it.CAS
+		cas, cerr := ops.Store(ctx, st.view, node, meta.ModeSet, item, exp)
 		if cerr == nil {
-			s.setCAS(0)
+			s.setCAS(cas)
 			return nil
 		}
-		if !errors.Is(cerr, replica.ErrCASConflict) && !errors.Is(cerr, replica.ErrMiss) {
+		if !errors.Is(cerr, ops.ErrCASConflict) && !errors.Is(cerr, ops.ErrMiss) {
 			return cerr
 		}
 	}

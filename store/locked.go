@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
 )
@@ -12,9 +13,9 @@ import (
 // Locker returns the store's lock manager (for its metrics and settings).
 func (st *Store) Locker() *lock.Locker { return st.locker }
 
-// LoadLocked takes the session's lock and loads it, as one call: an add
-// of the lock key on the session's primary node, then a single "gets" of
-// the lock and the session. It waits for a lock held by another request
+// LoadLocked takes the session's lock and loads it in one round trip: an
+// add of the lock key on the session's primary node and a read of the
+// session, pipelined on one connection. It waits for a lock held by another request
 // (see lock.Config) and returns an error wrapping lock.ErrLockTimeout when
 // it stays held. When the primary is down, the session is relocated first
 // and locked on its new primary. On ErrNotFound no lock is held.
@@ -42,8 +43,8 @@ func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 		return nil, fmt.Errorf("store: lock %s: %w", id, err)
 	}
 	var s *Session
-	if it, found := items[key]; found {
-		s, err = st.fromPrimary(ctx, id, base, node, it) // a moved copy is locked again below
+	if it := items[0]; it.Found {
+		s, err = st.fromPrimary(ctx, id, base, node, itemOf(key, it)) // a moved copy is locked again below
 	} else {
 		s, err = st.restore(ctx, id, node, key, bkey)
 	}
@@ -83,12 +84,11 @@ func (st *Store) Lock(ctx context.Context, s *Session) error {
 	if err != nil {
 		return fmt.Errorf("store: lock %s: %w", id, err)
 	}
-	it, found := items[key]
-	if !found {
+	if !items[0].Found {
 		_ = lk.Release(context.WithoutCancel(ctx))
 		return fmt.Errorf("%w: %s vanished before it was locked", ErrNotFound, id)
 	}
-	cur, err := st.decode(id, it)
+	cur, err := st.decode(id, itemOf(key, items[0]))
 	if err != nil {
 		_ = lk.Release(context.WithoutCancel(ctx))
 		return err
@@ -122,12 +122,27 @@ func (st *Store) Release(ctx context.Context, s *Session) error {
 	return lk.Release(context.WithoutCancel(ctx))
 }
 
-// SaveAndRelease saves s (when modified) and then releases its lock, as
-// one call. The lock is released even when the save fails; the save's
-// error comes first.
+// SaveAndRelease saves s (when modified) and then releases its lock. On
+// the primary node both go in one round trip: the write, then the
+// owner-checked compare-and-delete of the lock on the same connection, so
+// the lock is freed only after the new version is stored. The lock is
+// released even when the save fails; the save's error comes first.
 func (st *Store) SaveAndRelease(ctx context.Context, s *Session) error {
-	saveErr := st.Save(ctx, s)
-	relErr := st.Release(ctx, s)
+	s.mu.Lock()
+	lk := s.lock
+	s.mu.Unlock()
+	rel, saveErr := st.save(ctx, s, lk)
+	var relErr error
+	if rel.sent {
+		s.mu.Lock()
+		if s.lock == lk {
+			s.lock = nil
+		}
+		s.mu.Unlock()
+		relErr = rel.err
+	} else {
+		relErr = st.Release(ctx, s)
+	}
 	if saveErr != nil {
 		return saveErr
 	}
@@ -153,4 +168,9 @@ func (st *Store) Destroy(ctx context.Context, s *Session) error {
 		err = errors.Join(err, rerr)
 	}
 	return err
+}
+
+// itemOf turns an item read with a lock acquisition into an ops.Item.
+func itemOf(key string, it lock.Item) *ops.Item {
+	return &ops.Item{Key: key, Value: it.Value, CAS: it.CAS, Flags: it.Flags, TTL: it.TTL}
 }

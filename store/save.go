@@ -7,104 +7,144 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/mcsession/mcsession/internal/meta"
+	"github.com/mcsession/mcsession/internal/ops"
+	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
 )
 
 // Save writes s if it is new or was modified since it was loaded or last
 // saved; an unchanged session sends nothing (use Touch to refresh its idle
-// timeout). The primary and the backup copy are written in parallel.
+// timeout). The primary and the backup copy are written in parallel, one
+// round trip each.
 //
-// A loaded session is written with cas against the CAS id it was loaded
-// with, so a save never silently overwrites a newer version: when someone
-// else wrote in between, Save returns ErrConflict and the newer value
-// stays. It returns ErrTooLarge (nothing written) when the encoded session
-// exceeds Config.MaxSize, ErrExpired past the absolute deadline, and
-// ErrUnavailable when neither copy could be written. When only the primary
-// node failed, the session is relocated to its backup node and s gets a new
-// id (see Load).
+// A loaded session is written with a compare-and-set against the CAS id it
+// was loaded with (memcached returns the new CAS id of every save, so a
+// second save in the same request is guarded too): a save never silently
+// overwrites a newer version. When someone else wrote in between, Save
+// returns ErrConflict and the newer value stays. It returns ErrTooLarge
+// (nothing written) when the encoded session exceeds Config.MaxSize,
+// ErrExpired past the absolute deadline, and ErrUnavailable when neither
+// copy could be written. When only the primary node failed, the session is
+// relocated to its backup node and s gets a new id (see Load).
+//
+// While two nodes are usable, Save succeeds only once the session is on
+// two of them: when the backup node fails, the backup copy is written to
+// the next usable node before Save returns. With a single usable node the
+// save succeeds with one copy (counted in Stats.SingleCopySaves, logged).
 func (st *Store) Save(ctx context.Context, s *Session) error {
+	_, err := st.save(ctx, s, nil)
+	return err
+}
+
+// flagsOf is the client flags value stored with a copy: the low 32 bits of
+// its envelope version, so that "mg <key> f" tells a copy's version
+// without its body.
+func flagsOf(version uint64) uint32 { return uint32(version) }
+
+// save is Save; with lk set (the session's held lock), the lock's
+// compare-and-delete is pipelined after the primary write when the lock
+// lives on the primary node, and relErr reports its outcome (released is
+// false when it was not sent: the caller releases it).
+func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released relResult, err error) {
 	s.mu.Lock()
 	isNew, unchanged, casID, id, destroyed := s.isNew, s.changes == s.saved, s.casID, s.id, s.destroyed
 	s.mu.Unlock()
 	if destroyed {
-		return fmt.Errorf("%w: %s", ErrDestroyed, id)
+		return released, fmt.Errorf("%w: %s", ErrDestroyed, id)
 	}
 	if !isNew && unchanged {
 		st.stats.skipped.Add(1)
-		return nil
+		return released, nil
 	}
 	raw, version, changes, err := s.encode(1)
 	if err != nil {
-		return fmt.Errorf("store: save %s: %w", id, err)
+		return released, fmt.Errorf("store: save %s: %w", id, err)
 	}
 	if len(raw) > st.maxSize {
-		return fmt.Errorf("%w: %s encodes to %d bytes, limit %d", ErrTooLarge, id, len(raw), st.maxSize)
+		return released, fmt.Errorf("%w: %s encodes to %d bytes, limit %d", ErrTooLarge, id, len(raw), st.maxSize)
 	}
 	start := time.Now()
 	exp, ok := s.exptime()
 	if !ok {
-		return fmt.Errorf("%w: %s", ErrExpired, id)
+		return released, fmt.Errorf("%w: %s", ErrExpired, id)
 	}
 	base, node, ok := splitID(id)
 	if !ok {
-		return fmt.Errorf("store: save: malformed id %q", id)
+		return released, fmt.Errorf("store: save: malformed id %q", id)
 	}
-	if isNew && !st.cluster.Healthy(node) {
+	if isNew && !st.view.Healthy(node) {
 		// Not stored anywhere yet: move the new session to a healthy node.
-		if node, err = st.cluster.PickNew(); err != nil {
-			return fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, err)
+		if node, err = st.view.PickNew(); err != nil {
+			return released, fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, err)
 		}
 		id = makeID(base, node)
 		s.setID(id, false)
 	}
 
-	mode := replica.ModeCAS
+	mode := meta.ModeSet // compare-and-set with casID
+	skipPrimary := false
 	switch {
 	case isNew:
-		mode = replica.ModeAdd
+		mode = meta.ModeAdd
 	case casID == 0:
-		// Saved before in this request (memcached does not return the new
-		// CAS id): read it back and check the copy is still ours.
+		// The primary copy was found missing by an earlier save of this
+		// request (the node restarted empty): check it still is.
 		if casID, err = st.currentCAS(ctx, id, node, version-1); err != nil {
-			return err
+			return released, err
 		}
+		skipPrimary = casID == 0
 	}
 	key, bkey, _ := st.Keys(id)
-	backup := st.cluster.BackupOf(node)
-	w := replica.Write{
-		Primary: node, Item: &memcache.Item{Key: key, Value: raw, Expiration: exp, CasID: casID}, Mode: mode,
-		Backup: backup, BackupItem: &memcache.Item{Key: bkey, Value: raw, Expiration: exp},
+	backup := st.view.BackupOf(node)
+	flags := flagsOf(version)
+	w := write{
+		primary: node,
+		preq:    meta.Request{Command: meta.Set, Key: key, Value: raw, Mode: mode, CAS: casID, TTL: exp, Flags: flags, ReturnCAS: true},
+		backup:  backup,
+		breq:    meta.Request{Command: meta.Set, Key: bkey, Value: raw, TTL: exp, Flags: flags},
 	}
-	if mode == replica.ModeCAS {
+	if mode == meta.ModeSet {
 		// Overwrite the backup copy only where one exists, so that a stale
 		// save cannot bring back a session that was deleted meanwhile.
-		w.BackupMode = replica.ModeReplace
+		w.breq.Mode = meta.ModeReplace
 	}
-	pErr, bErr := st.cluster.Replicate(ctx, w)
+	if lk != nil && lk.Node() == node && !skipPrimary {
+		// Save, then release, on one connection: memcached runs them in
+		// order, so the lock is freed only once the new version is there.
+		lkey, lcas, lerr := lk.BeginRelease()
+		released.sent, released.err = true, lerr
+		if lkey != "" {
+			w.release = &meta.Request{Command: meta.Delete, Key: lkey, CAS: lcas, Quiet: true}
+		}
+	}
+	pErr, bErr, newCAS := st.replicate(ctx, &w, skipPrimary)
+	if w.release != nil {
+		released.err = lk.EndRelease(w.releaseErr)
+	}
 	for tried := []string{node}; isNew && errors.Is(pErr, replica.ErrNodeDown); {
 		// A new session is stored nowhere yet: try the next healthy node
 		// under a matching id before giving up.
-		next := st.cluster.BackupOf(node, tried...)
+		next := st.view.BackupOf(node, tried...)
 		if next == "" {
 			break
 		}
 		tried = append(tried, next)
 		node, id = next, makeID(base, next)
 		key, bkey, _ = st.Keys(id)
-		backup = st.cluster.BackupOf(node, tried...)
-		w.Primary, w.Item.Key, w.Backup, w.BackupItem.Key = node, key, backup, bkey
+		backup = st.view.BackupOf(node, tried...)
+		w.primary, w.preq.Key, w.backup, w.breq.Key, w.release = node, key, backup, bkey, nil
 		s.setID(id, false)
-		pErr, bErr = st.cluster.Replicate(ctx, w)
+		pErr, bErr, newCAS = st.replicate(ctx, &w, false)
 	}
-	backupMissing := errors.Is(bErr, replica.ErrNotStored)
+	backupMissing := errors.Is(bErr, ops.ErrNotStored)
 	primaryLost := false
-	if mode == replica.ModeCAS && errors.Is(pErr, replica.ErrMiss) {
+	if mode == meta.ModeSet && errors.Is(pErr, ops.ErrMiss) {
 		if backup == "" || bErr != nil {
 			// Neither copy exists any more: the session was deleted (or
 			// both nodes lost it) after it was loaded. Never recreate it.
 			st.stats.conflicts.Add(1)
-			return fmt.Errorf("%w: %s was deleted concurrently", ErrConflict, id)
+			return released, fmt.Errorf("%w: %s was deleted concurrently", ErrConflict, id)
 		}
 		// The backup copy was there and now holds this version, but the
 		// primary has none (it restarted empty, or a delete is under way).
@@ -117,25 +157,32 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 		// another node): write one now that the primary write succeeded,
 		// then make sure the primary was not deleted meanwhile (logout), or
 		// the new backup copy would bring the session back.
-		if bErr = st.cluster.Set(ctx, backup, w.BackupItem); bErr == nil {
+		if bErr = st.writeBackup(ctx, backup, &w.breq); bErr == nil {
 			if err := st.confirmPrimary(ctx, node, key, exp, backup, bkey); err != nil {
 				st.stats.conflicts.Add(1)
-				return fmt.Errorf("%w: %s", ErrConflict, err)
+				return released, fmt.Errorf("%w: %s", ErrConflict, err)
 			}
 		}
 	}
-	if bErr != nil && !errors.Is(bErr, replica.ErrNotStored) {
+	if pErr == nil && errors.Is(bErr, replica.ErrNodeDown) {
+		// Two copies or no acknowledgement: the backup node failed, so the
+		// copy goes to the next usable node before the save returns.
+		st.stats.backupFailures.Add(1)
+		st.log.Warn("backup write failed: writing the backup copy to the next node", "id", id, "node", backup, "err", bErr)
+		backup, bErr = st.backupElsewhere(ctx, node, key, exp, &w.breq, backup)
+	}
+	if bErr != nil && !errors.Is(bErr, ops.ErrNotStored) {
 		st.stats.backupFailures.Add(1)
 		st.log.Warn("backup write failed: session saved on its primary only", "id", id, "node", backup, "err", bErr)
 	}
 	switch {
 	case pErr == nil:
-	case errors.Is(pErr, replica.ErrCASConflict) || errors.Is(pErr, replica.ErrNotStored):
+	case errors.Is(pErr, ops.ErrCASConflict) || errors.Is(pErr, ops.ErrNotStored):
 		st.stats.conflicts.Add(1)
 		if backup != "" && bErr == nil {
 			st.repairBackup(ctx, node, key, backup, bkey, exp)
 		}
-		return fmt.Errorf("%w: %s", ErrConflict, id)
+		return released, fmt.Errorf("%w: %s", ErrConflict, id)
 	case errors.Is(pErr, replica.ErrNodeDown) && !isNew && backup != "" && bErr == nil:
 		// The new version is safe on the backup node: make it the primary,
 		// unless a parallel request already moved a version as new there.
@@ -148,28 +195,126 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 			s.mu.Unlock()
 			if errors.Is(err, ErrConflict) {
 				st.stats.conflicts.Add(1)
-				return fmt.Errorf("store: save %s: %w", id, err)
+				return released, fmt.Errorf("store: save %s: %w", id, err)
 			}
-			return fmt.Errorf("%w: save %s: primary: %w; relocation: %w", ErrUnavailable, id, pErr, err)
+			return released, fmt.Errorf("%w: save %s: primary: %w; relocation: %w", ErrUnavailable, id, pErr, err)
 		}
+		newCAS = s.cas()
 		st.log.Warn("session relocated on save after its primary failed", "from", id, "to", s.ID(), "cause", pErr)
 	case errors.Is(pErr, replica.ErrNodeDown):
-		return fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, pErr)
+		return released, fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, pErr)
 	default:
-		return fmt.Errorf("store: save %s: %w", id, pErr)
+		return released, fmt.Errorf("store: save %s: %w", id, pErr)
 	}
 	st.stats.saves.Add(1)
+	if backup == "" {
+		st.stats.singleCopy.Add(1)
+		st.log.Warn("no second node usable: session saved with one copy", "id", s.ID())
+	}
 	if bErr == nil {
 		st.refreshed.note(s.ID(), start, st.touchAfter(s.IdleTimeout()))
 	}
 	s.mu.Lock()
 	s.version, s.saved, s.isNew = version, changes, false
-	s.casID = 0 // memcached does not tell the new CAS id
+	s.casID = newCAS // 0 when the primary copy is missing (primaryLost)
 	s.mu.Unlock()
 	if primaryLost {
 		st.log.Info("saved to the backup copy only: the primary had lost its copy and is restored on the next load", "id", id, "node", node)
 	}
-	return nil
+	return released, nil
+}
+
+// relResult is the outcome of a lock release pipelined with a save.
+type relResult struct {
+	sent bool  // the release was handled by save
+	err  error // its outcome (see lock.Lock.EndRelease)
+}
+
+// write is one replicated write: the primary copy (and the release of the
+// session lock after it, on the same connection), and the backup copy on
+// another node.
+type write struct {
+	primary    string
+	preq       meta.Request
+	release    *meta.Request // quiet compare-and-delete of the lock, or nil
+	releaseErr error         // its outcome
+	backup     string        // "" for no backup copy
+	breq       meta.Request
+}
+
+// replicate sends the primary and the backup write in parallel, one round
+// trip each, and returns when both answered: the primary's error (a node
+// failure or an answer: ops.ErrMiss, ErrNotStored, ErrCASConflict), the
+// backup's, and the primary copy's new CAS id. With skipPrimary only the
+// backup is written and the primary's error is ops.ErrMiss.
+func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pErr, bErr error, cas uint64) {
+	var done chan error
+	if w.backup != "" {
+		done = make(chan error, 1)
+		go func() { done <- st.writeBackup(ctx, w.backup, &w.breq) }()
+	}
+	if skipPrimary {
+		pErr = ops.ErrMiss
+	} else {
+		var reqs [3]meta.Request
+		var out [3]meta.Response
+		reqs[0] = w.preq
+		n := 1
+		if w.release != nil {
+			reqs[1], reqs[2] = *w.release, meta.Request{Command: meta.NoOp}
+			n = 3
+		}
+		pErr = st.view.Exec(ctx, w.primary, reqs[:n], out[:n])
+		if pErr == nil {
+			pErr, cas = ops.Answer(&out[0]), out[0].CAS
+		}
+		if w.release != nil {
+			w.releaseErr = pErr
+			if !errors.Is(pErr, replica.ErrNodeDown) {
+				w.releaseErr = ops.Answer(&out[1])
+			}
+		}
+	}
+	if done != nil {
+		bErr = <-done
+	}
+	return pErr, bErr, cas
+}
+
+// writeBackup sends one backup write and returns its error or answer.
+func (st *Store) writeBackup(ctx context.Context, node string, req *meta.Request) error {
+	reqs := [1]meta.Request{*req}
+	var out [1]meta.Response
+	if err := st.view.Exec(ctx, node, reqs[:], out[:]); err != nil {
+		return err
+	}
+	return ops.Answer(&out[0])
+}
+
+// backupElsewhere writes the backup copy to the next usable node after
+// primary other than failed, after the primary write succeeded, then makes
+// sure the primary was not deleted meanwhile. It returns the node written
+// to ("" when there is none) and the error of the last attempt.
+func (st *Store) backupElsewhere(ctx context.Context, primary, key string, exp int32, breq *meta.Request, failed string) (string, error) {
+	req := *breq
+	req.Mode = meta.ModeSet // the new node has no copy to replace
+	tried := []string{failed}
+	for {
+		alt := st.view.BackupOf(primary, tried...)
+		if alt == "" {
+			return "", nil
+		}
+		tried = append(tried, alt)
+		err := st.writeBackup(ctx, alt, &req)
+		if err == nil {
+			if cerr := st.confirmPrimary(ctx, primary, key, exp, alt, req.Key); cerr != nil {
+				return alt, cerr
+			}
+			return alt, nil
+		}
+		st.stats.backupFailures.Add(1)
+		st.log.Warn("backup write failed", "node", alt, "err", err)
+	}
 }
 
 // confirmPrimary checks that the primary copy still exists after a backup
@@ -178,21 +323,21 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 // exp is the exptime the primary copy was just written with (a touch with
 // it changes nothing else).
 func (st *Store) confirmPrimary(ctx context.Context, node, key string, exp int32, backup, bkey string) error {
-	err := st.cluster.Touch(ctx, node, key, exp)
-	if !errors.Is(err, replica.ErrMiss) {
+	err := ops.Touch(ctx, st.view, node, key, exp)
+	if !errors.Is(err, ops.ErrMiss) {
 		return nil
 	}
-	_ = st.cluster.Delete(ctx, backup, bkey)
+	_ = ops.Delete(ctx, st.view, backup, bkey, 0)
 	return fmt.Errorf("%s was deleted concurrently", key)
 }
 
 // currentCAS reads the CAS id of the primary copy and checks it still holds
-// version want (the one this request saved last).
+// version want (the one this request saved last); 0 when it is missing.
 func (st *Store) currentCAS(ctx context.Context, id, node string, want uint64) (uint64, error) {
 	key, _, _ := st.Keys(id)
-	it, err := st.cluster.Get(ctx, node, key)
-	if errors.Is(err, replica.ErrMiss) {
-		return 0, nil // gone: the save below turns into an add
+	it, err := ops.Get(ctx, st.view, node, key)
+	if errors.Is(err, ops.ErrMiss) {
+		return 0, nil // still missing: only the backup copy is written
 	}
 	if err != nil {
 		return 0, fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, err)
@@ -202,22 +347,22 @@ func (st *Store) currentCAS(ctx context.Context, id, node string, want uint64) (
 		st.stats.conflicts.Add(1)
 		return 0, fmt.Errorf("%w: %s", ErrConflict, id)
 	}
-	return it.CasID, nil
+	return it.CAS, nil
 }
 
 // repairBackup rewrites the backup copy from the primary after a refused
 // save overwrote the backup with the losing version; exp is the exptime of
-// that save (gomemcache does not report an item's exptime on reads).
+// that save.
 func (st *Store) repairBackup(ctx context.Context, node, key, backup, bkey string, exp int32) {
-	it, err := st.cluster.Get(ctx, node, key)
-	if errors.Is(err, replica.ErrMiss) {
-		_ = st.cluster.Delete(ctx, backup, bkey) // the session is gone
+	it, err := ops.Get(ctx, st.view, node, key)
+	if errors.Is(err, ops.ErrMiss) {
+		_ = ops.Delete(ctx, st.view, backup, bkey, 0) // the session is gone
 		return
 	}
 	if err != nil {
 		return
 	}
-	_ = st.cluster.Set(ctx, backup, &memcache.Item{Key: bkey, Value: it.Value, Expiration: exp})
+	_, _ = ops.Store(ctx, st.view, backup, meta.ModeSet, &ops.Item{Key: bkey, Value: it.Value, Flags: it.Flags}, exp)
 }
 
 // Touch refreshes the idle timeout of a saved session on its primary and
@@ -244,26 +389,27 @@ func (st *Store) Touch(ctx context.Context, s *Session) error {
 		wg        sync.WaitGroup
 		backupErr error
 	)
-	b := st.cluster.BackupOf(node)
+	b := st.view.BackupOf(node)
 	if b != "" {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			backupErr = st.cluster.Touch(ctx, b, bkey, exp)
+			backupErr = ops.Touch(ctx, st.view, b, bkey, exp)
 		}()
 	}
-	err := st.cluster.Touch(ctx, node, key, exp)
+	err := ops.Touch(ctx, st.view, node, key, exp)
 	wg.Wait()
 	st.stats.touches.Add(1)
-	if err == nil && errors.Is(backupErr, replica.ErrMiss) {
+	if err == nil && errors.Is(backupErr, ops.ErrMiss) {
 		// The backup node lost its copy (it restarted): write one again,
 		// unless a save wrote a newer one meanwhile, and make sure the
 		// primary was not deleted in between (a lone backup would bring
 		// the session back).
 		var raw []byte
-		if raw, _, _, backupErr = s.encode(0); backupErr == nil {
-			backupErr = st.cluster.Add(ctx, b, &memcache.Item{Key: bkey, Value: raw, Expiration: exp})
-			if errors.Is(backupErr, replica.ErrNotStored) {
+		var version uint64
+		if raw, version, _, backupErr = s.encode(0); backupErr == nil {
+			_, backupErr = ops.Store(ctx, st.view, b, meta.ModeAdd, &ops.Item{Key: bkey, Value: raw, Flags: flagsOf(version)}, exp)
+			if errors.Is(backupErr, ops.ErrNotStored) {
 				backupErr = nil
 			} else if backupErr == nil {
 				backupErr = st.confirmPrimary(ctx, node, key, exp, b, bkey)
@@ -277,7 +423,7 @@ func (st *Store) Touch(ctx context.Context, s *Session) error {
 	if err == nil && backupErr == nil {
 		st.refreshed.note(id, start, st.touchAfter(s.IdleTimeout()))
 	}
-	if err != nil && !errors.Is(err, replica.ErrMiss) {
+	if err != nil && !errors.Is(err, ops.ErrMiss) {
 		return fmt.Errorf("store: touch %s: %w", id, err)
 	}
 	return nil
@@ -299,7 +445,7 @@ func (st *Store) Delete(ctx context.Context, id string) error {
 	// backups once more: a request waiting for the lock finds nothing to
 	// load, and a stale save or touch does not recreate the session.
 	var errs []error
-	backups := st.cluster.BackupCandidates(node)
+	backups := st.view.BackupCandidates(node)
 	errs = append(errs, st.deleteAll(ctx, backups, bkey, false)...)
 	errs = append(errs, st.deleteAll(ctx, []string{node}, key, true)...)
 	errs = append(errs, st.deleteAll(ctx, []string{node}, lkey, true)...)
@@ -319,7 +465,7 @@ func (st *Store) deleteAll(ctx context.Context, nodes []string, key string, must
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
 	for i, n := range nodes {
-		if !st.cluster.Healthy(n) {
+		if !st.view.Healthy(n) {
 			if mustAnswer {
 				errs[i] = fmt.Errorf("%w: %s on %s", replica.ErrNodeDown, key, n)
 			}
@@ -328,7 +474,7 @@ func (st *Store) deleteAll(ctx context.Context, nodes []string, key string, must
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := st.cluster.Delete(ctx, n, key); err != nil && !errors.Is(err, replica.ErrMiss) {
+			if err := ops.Delete(ctx, st.view, n, key, 0); err != nil && !errors.Is(err, ops.ErrMiss) {
 				errs[i] = err
 			}
 		}()
@@ -346,9 +492,9 @@ func (st *Store) RenewID(ctx context.Context, s *Session) error {
 	oldID, isNew := s.id, s.isNew
 	s.mu.Unlock()
 	_, node, _ := splitID(oldID)
-	if !st.cluster.Healthy(node) {
+	if !st.view.Healthy(node) {
 		var err error
-		if node, err = st.cluster.PickNew(); err != nil {
+		if node, err = st.view.PickNew(); err != nil {
 			return fmt.Errorf("%w: renew %s: %w", ErrUnavailable, oldID, err)
 		}
 	}

@@ -261,3 +261,10 @@ func (s *Session) SetLifetime(d time.Duration) {
 		s.changes++
 	}
 }
+
+// cas returns the CAS id of the primary copy (0 = unknown).
+func (s *Session) cas() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.casID
+}

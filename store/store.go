@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mcsession/mcsession/codec"
+	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
 )
@@ -87,6 +88,7 @@ type Config struct {
 // one per application and share it.
 type Store struct {
 	cluster *replica.Cluster
+	view    ops.View
 	codec   codec.Codec
 	prefix  string
 	idle    time.Duration
@@ -102,7 +104,7 @@ type Store struct {
 
 // counters are the store's event counts.
 type counters struct {
-	loads, saves, skipped, touches, touchesSkipped, conflicts, restores, relocations, corrupt, backupFailures atomic.Uint64
+	loads, saves, skipped, touches, touchesSkipped, conflicts, restores, relocations, corrupt, backupFailures, singleCopy atomic.Uint64
 }
 
 // Stats is a snapshot of a Store's event counts since it was created.
@@ -128,6 +130,9 @@ type Stats struct {
 	Corrupt uint64
 	// BackupFailures counts backup writes that failed.
 	BackupFailures uint64
+	// SingleCopySaves counts saves acknowledged with the session on one
+	// node only, because no second node was usable.
+	SingleCopySaves uint64
 }
 
 // New builds a Store from cfg.
@@ -158,7 +163,7 @@ func New(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	return &Store{
-		cluster: cfg.Cluster, codec: cfg.Codec, prefix: cfg.KeyPrefix,
+		cluster: cfg.Cluster, view: ops.Of(cfg.Cluster), codec: cfg.Codec, prefix: cfg.KeyPrefix,
 		idle: cfg.IdleTimeout, life: cfg.Lifetime, maxSize: cfg.MaxSize,
 		locker: locker, log: cfg.Logger, touchEvery: cfg.TouchAfter, refreshed: newRefreshLog(),
 	}, nil
@@ -186,6 +191,7 @@ func (st *Store) Stats() Stats {
 		Loads: c.loads.Load(), Saves: c.saves.Load(), SkippedSaves: c.skipped.Load(),
 		Touches: c.touches.Load(), TouchesSkipped: c.touchesSkipped.Load(), Conflicts: c.conflicts.Load(), Restores: c.restores.Load(),
 		Relocations: c.relocations.Load(), Corrupt: c.corrupt.Load(), BackupFailures: c.backupFailures.Load(),
+		SingleCopySaves: c.singleCopy.Load(),
 	}
 }
 
@@ -204,7 +210,7 @@ func (st *Store) Placement(id string) (primary, backup string, ok bool) {
 	if !ok {
 		return "", "", false
 	}
-	return node, st.cluster.BackupOf(node), true
+	return node, st.view.BackupOf(node), true
 }
 
 // ValidID reports whether id is a well-formed session id naming a
@@ -218,7 +224,7 @@ func (st *Store) ValidID(id string) bool {
 // parse validates id and checks that its node is configured.
 func (st *Store) parse(id string) (base, node string, ok bool) {
 	base, node, ok = splitID(id)
-	if !ok || !st.cluster.Has(node) {
+	if !ok || !st.view.Has(node) {
 		return "", "", false
 	}
 	return base, node, true
@@ -228,7 +234,7 @@ func (st *Store) parse(id string) (base, node string, ok bool) {
 // Nothing is written until Save. It fails with ErrUnavailable when every
 // node's breaker is open.
 func (st *Store) New(ctx context.Context) (*Session, error) {
-	node, err := st.cluster.PickNew()
+	node, err := st.view.PickNew()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}

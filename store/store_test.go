@@ -15,6 +15,7 @@ import (
 
 	"github.com/mcsession/mcsession/codec"
 	"github.com/mcsession/mcsession/integration/mcproc"
+	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/replica"
 	"github.com/mcsession/mcsession/store"
 )
@@ -953,7 +954,7 @@ func TestOneSlowAnswerDoesNotSlowLaterLoads(t *testing.T) {
 	id := saved(t, st, map[string]any{"k": 1}).ID()
 	n := c.Node(nodeOf(id))
 	require.NoError(t, n.Pause())
-	_, err := st.Cluster().Get(ctx, n.ID, "x")
+	_, err := ops.Get(ctx, ops.Of(st.Cluster()), n.ID, "x")
 	require.ErrorIs(t, err, replica.ErrNodeDown, "one timed-out command; the breaker stays closed")
 	require.NoError(t, n.Resume())
 	before := sumStat(t, c, "cmd_get")

@@ -61,8 +61,6 @@ const (
 )
 
 const (
-	// pingKey is the key the demo reads to probe a node; a miss is an answer.
-	pingKey = "mcsession-demo:ping"
 	// probeTimeout bounds one probe of a node or an app.
 	probeTimeout = time.Second
 	// nodeStartTimeout bounds the restart of a node.
@@ -372,8 +370,8 @@ func (d *Demo) poll(ctx context.Context) {
 	}
 }
 
-// pollOnce pings every node through the demo's cluster (a miss is an
-// answer; a refused connection counts against the node's breaker) and
+// pollOnce pings every node through the demo's cluster (a meta no-op; a
+// refused connection counts against the node's breaker) and
 // reads every app's breaker view from its GET /api/nodes.
 func (d *Demo) pollOnce(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
@@ -383,7 +381,7 @@ func (d *Demo) pollOnce(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _ = d.cluster.Get(ctx, id, pingKey)
+			_ = d.cluster.Ping(ctx, id)
 		}()
 	}
 	views := make([]map[string]string, len(d.apps))

@@ -1,0 +1,404 @@
+package meta
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults for Config fields left at their zero value.
+const (
+	// DefaultTimeout bounds a batch (write and answers) and the wait for a
+	// connection, unless ctx has an earlier deadline.
+	DefaultTimeout = 500 * time.Millisecond
+	// DefaultDialTimeout bounds connecting to the node.
+	DefaultDialTimeout = 500 * time.Millisecond
+	// DefaultMaxConns bounds the connections open to one node; a batch that
+	// finds them all busy waits for one (counted in Stats.Waits).
+	DefaultMaxConns = 256
+	// DefaultMaxIdle is how many idle connections are kept for reuse.
+	DefaultMaxIdle = 128
+)
+
+// Errors of the pool.
+var (
+	// ErrUnknownOutcome wraps a failure after (part of) a batch may have
+	// reached the server: a timeout or a broken connection while writing
+	// or reading answers. Its requests may or may not have been applied;
+	// they are never retried automatically.
+	ErrUnknownOutcome = errors.New("meta: outcome unknown")
+	// ErrNotSent wraps a failure before any byte of the batch was sent
+	// (dial failure, no free connection in time): nothing was applied.
+	ErrNotSent = errors.New("meta: not sent")
+	// ErrClosed is returned by Do after Close.
+	ErrClosed = errors.New("meta: pool closed")
+)
+
+// DialFunc opens a connection; a *tls.Dialer's DialContext or a
+// net.Dialer's fit.
+type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Config configures a Pool. Only Addr is required.
+type Config struct {
+	// Addr is the node's "host:port".
+	Addr string
+	// Dial opens connections. Default: a net.Dialer with DialTimeout over
+	// "tcp" (wrap it to add TLS).
+	Dial DialFunc
+	// Timeout bounds each batch and the wait for a free connection; ctx
+	// may shorten it. Default DefaultTimeout (500 ms).
+	Timeout time.Duration
+	// DialTimeout bounds a dial. Default DefaultDialTimeout (500 ms).
+	DialTimeout time.Duration
+	// MaxConns bounds the open connections. Default DefaultMaxConns (256).
+	MaxConns int
+	// MaxIdle is how many idle connections are kept; more are closed when
+	// returned. Default DefaultMaxIdle (128), at most MaxConns.
+	MaxIdle int
+	// MaxValueSize is the largest value accepted in an answer; a larger
+	// one is a protocol error. Default DefaultMaxValueSize (64 MiB).
+	MaxValueSize int
+}
+
+// Stats is a snapshot of a Pool's connections and events.
+type Stats struct {
+	// Open is the number of connections open now, idle or in use.
+	Open int
+	// Idle is the number of idle connections now.
+	Idle int
+	// Dials counts connections opened; DialErrors counts failed dials.
+	Dials, DialErrors uint64
+	// Waits counts batches that found every connection busy and waited.
+	Waits uint64
+	// Timeouts counts batches and waits that ran past their deadline.
+	Timeouts uint64
+	// Stale counts idle connections found closed by the server and dropped
+	// before use (a node that restarted leaves them).
+	Stale uint64
+	// Broken counts connections closed after a failed batch.
+	Broken uint64
+	// Batches counts batches sent; Requests counts the requests in them.
+	Batches, Requests uint64
+}
+
+// Pool is a set of connections to one memcached node. It is safe for
+// concurrent use.
+type Pool struct {
+	cfg   Config
+	slots chan struct{} // one token per open connection
+	idle  chan *conn
+	done  chan struct{}
+	once  sync.Once
+
+	dials, dialErrors, waits, timeouts, stale, broken, batches, requests atomic.Uint64
+}
+
+type conn struct {
+	nc   net.Conn
+	br   *bufio.Reader
+	wbuf []byte
+}
+
+// NewPool returns a pool for cfg.Addr with cfg's defaults filled in. It
+// does not connect.
+func NewPool(cfg Config) *Pool {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxIdle <= 0 {
+		cfg.MaxIdle = DefaultMaxIdle
+	}
+	cfg.MaxIdle = min(cfg.MaxIdle, cfg.MaxConns)
+	if cfg.MaxValueSize <= 0 {
+		cfg.MaxValueSize = DefaultMaxValueSize
+	}
+	if cfg.Dial == nil {
+		d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+		cfg.Dial = d.DialContext
+	}
+	return &Pool{
+		cfg:   cfg,
+		slots: make(chan struct{}, cfg.MaxConns),
+		idle:  make(chan *conn, cfg.MaxConns),
+		done:  make(chan struct{}),
+	}
+}
+
+// Addr returns the node's address.
+func (p *Pool) Addr() string { return p.cfg.Addr }
+
+// Stats returns a snapshot of the pool.
+func (p *Pool) Stats() Stats {
+	return Stats{
+		Open: len(p.slots), Idle: len(p.idle),
+		Dials: p.dials.Load(), DialErrors: p.dialErrors.Load(), Waits: p.waits.Load(),
+		Timeouts: p.timeouts.Load(), Stale: p.stale.Load(), Broken: p.broken.Load(),
+		Batches: p.batches.Load(), Requests: p.requests.Load(),
+	}
+}
+
+// Close closes the idle connections and makes later calls fail with
+// ErrClosed; connections in use are closed when they are returned.
+func (p *Pool) Close() error {
+	p.once.Do(func() { close(p.done) })
+	p.drainIdle()
+	return nil
+}
+
+// CloseIdle closes the idle connections (the pool stays usable).
+func (p *Pool) CloseIdle() { p.drainIdle() }
+
+func (p *Pool) drainIdle() {
+	for {
+		select {
+		case c := <-p.idle:
+			p.closeConn(c)
+		default:
+			return
+		}
+	}
+}
+
+func (p *Pool) closed() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Do sends reqs as one batch (one write) on one connection and returns
+// their answers in order. The batch must not end with a quiet request.
+//
+// The error is nil when every answer was read; each Response then tells
+// its request's outcome. Otherwise it wraps ErrBadRequest (nothing sent),
+// ErrNotSent (nothing reached the server: ctx already done, dial failure,
+// no free connection in time; with ErrClosed after Close), or
+// ErrUnknownOutcome (a timeout or broken connection after sending began:
+// some requests may have been applied). The batch is
+// bounded by Config.Timeout and ctx's deadline; a ctx canceled during the
+// batch takes effect at that deadline. A connection that fails is closed,
+// never reused with unread answers.
+func (p *Pool) Do(ctx context.Context, reqs ...Request) ([]Response, error) {
+	out := make([]Response, len(reqs))
+	return out, p.DoInto(ctx, reqs, out)
+}
+
+// DoInto is Do with the answers written to out, which must be as long as
+// reqs.
+func (p *Pool) DoInto(ctx context.Context, reqs []Request, out []Response) error {
+	if len(reqs) == 0 || len(out) != len(reqs) {
+		return fmt.Errorf("%w: %d requests, room for %d answers", ErrBadRequest, len(reqs), len(out))
+	}
+	for i := range reqs {
+		if err := reqs[i].check(); err != nil {
+			return fmt.Errorf("meta: %s: request %d: %w", p.cfg.Addr, i, err)
+		}
+	}
+	if reqs[len(reqs)-1].Quiet {
+		return fmt.Errorf("meta: %s: %w: the last request of a batch must not be quiet", p.cfg.Addr, ErrBadRequest)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
+	}
+	deadline := time.Now().Add(p.cfg.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c, err := p.get(ctx, deadline)
+	if err != nil {
+		return fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
+	}
+	p.batches.Add(1)
+	p.requests.Add(uint64(len(reqs)))
+	if err := c.nc.SetDeadline(deadline); err != nil {
+		p.discard(c, err)
+		return fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
+	}
+	b := c.wbuf[:0]
+	for i := range reqs {
+		opaque := -1
+		if reqs[i].Quiet {
+			opaque = i
+		}
+		b = reqs[i].appendTo(b, opaque)
+	}
+	if cap(b) <= 64<<10 {
+		c.wbuf = b
+	} else {
+		c.wbuf = nil // do not keep a large value's buffer
+	}
+	var n int
+	var werr, rerr error
+	if len(b) <= syncWriteMax {
+		n, werr = c.nc.Write(b)
+		if werr == nil {
+			rerr = readAnswers(c.br, reqs, out, p.cfg.MaxValueSize)
+		}
+	} else {
+		n, werr, rerr = p.writeWhileReading(c, b, reqs, out)
+	}
+	switch {
+	case werr != nil && n == 0:
+		p.discard(c, werr)
+		return fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, werr)
+	case rerr != nil:
+		p.discard(c, rerr)
+		return fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrUnknownOutcome, rerr)
+	case werr != nil:
+		p.discard(c, werr)
+		return fmt.Errorf("meta: %s: %w: write: %w", p.cfg.Addr, ErrUnknownOutcome, werr)
+	}
+	p.put(c)
+	return nil
+}
+
+// syncWriteMax is the largest batch written before its answers are read.
+// The kernel's socket buffers take that much even when the server does not
+// read; a larger batch is written while its answers are read (see
+// writeWhileReading).
+const syncWriteMax = 64 << 10
+
+// writeWhileReading writes a large batch from a second goroutine while
+// reading its answers. memcached stops reading a connection while its
+// answers wait to be sent: with sets of large values and gets of large
+// values in one batch, a writer that read nothing until its write ended
+// would wait for the server, and the server for it, until the deadline.
+func (p *Pool) writeWhileReading(c *conn, b []byte, reqs []Request, out []Response) (n int, werr, rerr error) {
+	type written struct {
+		n   int
+		err error
+	}
+	wc := make(chan written, 1)
+	go func() {
+		n, err := c.nc.Write(b)
+		wc <- written{n, err}
+	}()
+	rerr = readAnswers(c.br, reqs, out, p.cfg.MaxValueSize)
+	if rerr != nil {
+		// Unblock a write still in progress; discard closes it again.
+		_ = c.nc.Close()
+	}
+	w := <-wc
+	return w.n, w.err, rerr
+}
+
+// get returns a connection: an idle one that is still open, a new one
+// when fewer than MaxConns are open, or the first one returned before
+// deadline.
+func (p *Pool) get(ctx context.Context, deadline time.Time) (*conn, error) {
+	if p.closed() {
+		return nil, ErrClosed
+	}
+	for {
+		select {
+		case c := <-p.idle:
+			if p.usable(c) {
+				return c, nil
+			}
+			continue
+		default:
+		}
+		select {
+		case p.slots <- struct{}{}:
+			return p.dial(ctx, deadline)
+		default:
+		}
+		break
+	}
+	p.waits.Add(1)
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		select {
+		case c := <-p.idle:
+			if p.usable(c) {
+				return c, nil
+			}
+		case p.slots <- struct{}{}:
+			return p.dial(ctx, deadline)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-p.done:
+			return nil, ErrClosed
+		case <-timer.C:
+			p.timeouts.Add(1)
+			return nil, fmt.Errorf("no free connection within the timeout (%d open): %w", p.cfg.MaxConns, context.DeadlineExceeded)
+		}
+	}
+}
+
+// usable reports whether an idle connection is still open and holds no
+// unread bytes (in its reader or its socket); any other one is dropped
+// (its slot freed).
+func (p *Pool) usable(c *conn) bool {
+	if c.br.Buffered() > 0 || connCheck(c.nc) != nil {
+		p.stale.Add(1)
+		p.closeConn(c)
+		return false
+	}
+	return true
+}
+
+// dial opens a connection in a slot the caller took.
+func (p *Pool) dial(ctx context.Context, deadline time.Time) (*conn, error) {
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	p.dials.Add(1)
+	nc, err := p.cfg.Dial(dctx, "tcp", p.cfg.Addr)
+	if err != nil {
+		<-p.slots
+		p.dialErrors.Add(1)
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	return &conn{nc: nc, br: bufio.NewReaderSize(nc, maxLine), wbuf: make([]byte, 0, 1024)}, nil
+}
+
+// put returns a healthy connection to the idle set, or closes it when
+// enough are idle or the pool is closed.
+func (p *Pool) put(c *conn) {
+	if p.closed() || len(p.idle) >= p.cfg.MaxIdle {
+		p.closeConn(c)
+		return
+	}
+	select {
+	case p.idle <- c:
+		if p.closed() {
+			// Close ran after the check above: drain what it missed.
+			p.drainIdle()
+		}
+	default:
+		p.closeConn(c)
+	}
+}
+
+// discard closes a connection after a failed batch.
+func (p *Pool) discard(c *conn, err error) {
+	if isTimeout(err) {
+		p.timeouts.Add(1)
+	}
+	p.broken.Add(1)
+	p.closeConn(c)
+}
+
+func (p *Pool) closeConn(c *conn) {
+	_ = c.nc.Close()
+	<-p.slots
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,178 @@
+// Package ops gives mcsession's own packages (lock, store) the memcached
+// operations and placement helpers of a replica.Cluster that users of the
+// public API have no need for: pipelined meta-protocol batches through a
+// node's breaker, and the bookkeeping of failover.
+//
+// replica.Cluster embeds a Handle; Of returns the View behind it.
+package ops
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/mcsession/mcsession/internal/meta"
+)
+
+// View is what lock and store use of a cluster.
+type View interface {
+	// Exec sends reqs as one batch to node through its breaker and fills
+	// out with the answers. Errors of the node wrap replica.ErrNodeDown
+	// (and meta.ErrNotSent or meta.ErrUnknownOutcome); answers such as a
+	// miss or a CAS mismatch are in out, never errors.
+	Exec(ctx context.Context, node string, reqs []meta.Request, out []meta.Response) error
+	// Has reports whether id names a configured node.
+	Has(id string) bool
+	// Healthy reports whether the node's breaker lets calls through.
+	Healthy(id string) bool
+	// PickNew chooses the primary node of a new session.
+	PickNew() (string, error)
+	// BackupOf returns the next node after primary whose breaker is not
+	// open, skipping exclude; "" when there is none.
+	BackupOf(primary string, exclude ...string) string
+	// BackupCandidates returns every node after primary in list order.
+	BackupCandidates(primary string) []string
+	// MarkOutage records that sessions were moved off the node.
+	MarkOutage(id string)
+	// OutageWithin reports whether the node had an outage within d.
+	OutageWithin(id string, d time.Duration) bool
+	// Gone reports whether the node's last failure was a refused connection.
+	Gone(id string) bool
+}
+
+// Handle is embedded in replica.Cluster; it carries the cluster's View to
+// the packages of this module. It has no use outside it.
+type Handle struct{ v View }
+
+// NewHandle returns a Handle for v.
+func NewHandle(v View) Handle { return Handle{v: v} }
+
+func (h Handle) opsView() View { return h.v }
+
+// Of returns the View of a replica.Cluster.
+func Of(c interface{ opsView() View }) View { return c.opsView() }
+
+// Answers that are not failures of a node.
+var (
+	// ErrMiss is a missing item.
+	ErrMiss = errors.New("memcached: miss")
+	// ErrNotStored is an add whose key exists, or a replace of a missing key.
+	ErrNotStored = errors.New("memcached: not stored")
+	// ErrCASConflict is a CAS mismatch.
+	ErrCASConflict = errors.New("memcached: CAS conflict")
+)
+
+// Item is a stored item as read or written.
+type Item struct {
+	// Key is the item's key.
+	Key string
+	// Value is the item's data.
+	Value []byte
+	// Flags are the client flags.
+	Flags uint32
+	// CAS is the item's CAS id (read, or returned by a store).
+	CAS uint64
+	// TTL is the remaining lifetime in seconds as read (-1: none).
+	TTL int32
+}
+
+// Answer turns the response to a Set, Delete or Get into an error: nil for
+// success, ErrMiss, ErrNotStored, ErrCASConflict, or the server's error.
+func Answer(r *meta.Response) error {
+	switch r.Status {
+	case meta.StatusOK, meta.StatusNoOp:
+		return nil
+	case meta.StatusMiss, meta.StatusNotFound:
+		return ErrMiss
+	case meta.StatusNotStored:
+		return ErrNotStored
+	case meta.StatusExists:
+		return ErrCASConflict
+	case meta.StatusServerError:
+		return r.Err
+	}
+	return errors.New("memcached: unexpected answer " + r.Status.String())
+}
+
+// GetRequest reads key's value, CAS, TTL and client flags.
+func GetRequest(key string) meta.Request {
+	return meta.Request{Command: meta.Get, Key: key, ReturnValue: true, ReturnCAS: true, ReturnTTL: true, ReturnFlags: true}
+}
+
+// ItemOf returns the item a GetRequest answered, or ErrMiss.
+func ItemOf(key string, r *meta.Response) (*Item, error) {
+	if err := Answer(r); err != nil {
+		return nil, err
+	}
+	return &Item{Key: key, Value: r.Value, Flags: r.Flags, CAS: r.CAS, TTL: r.TTL}, nil
+}
+
+// Get reads one item from node; ErrMiss when absent.
+func Get(ctx context.Context, v View, node, key string) (*Item, error) {
+	reqs := [1]meta.Request{GetRequest(key)}
+	var out [1]meta.Response
+	if err := v.Exec(ctx, node, reqs[:], out[:]); err != nil {
+		return nil, err
+	}
+	return ItemOf(key, &out[0])
+}
+
+// GetMulti reads several keys from node in one batch; the map holds those
+// found.
+func GetMulti(ctx context.Context, v View, node string, keys []string) (map[string]*Item, error) {
+	reqs := make([]meta.Request, len(keys))
+	for i, k := range keys {
+		reqs[i] = GetRequest(k)
+	}
+	out := make([]meta.Response, len(keys))
+	if err := v.Exec(ctx, node, reqs, out); err != nil {
+		return nil, err
+	}
+	items := make(map[string]*Item, len(keys))
+	for i, k := range keys {
+		it, err := ItemOf(k, &out[i])
+		if errors.Is(err, ErrMiss) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		items[k] = it
+	}
+	return items, nil
+}
+
+// Store writes it on node in mode (with it.CAS as compare-and-set when
+// non-zero) with exptime exp, and returns the new CAS id.
+func Store(ctx context.Context, v View, node string, mode meta.SetMode, it *Item, exp int32) (uint64, error) {
+	reqs := [1]meta.Request{{Command: meta.Set, Key: it.Key, Value: it.Value, Mode: mode, CAS: it.CAS, TTL: exp, Flags: it.Flags, ReturnCAS: true}}
+	var out [1]meta.Response
+	if err := v.Exec(ctx, node, reqs[:], out[:]); err != nil {
+		return 0, err
+	}
+	if err := Answer(&out[0]); err != nil {
+		return 0, err
+	}
+	return out[0].CAS, nil
+}
+
+// Touch sets key's exptime without rewriting it; ErrMiss when absent.
+func Touch(ctx context.Context, v View, node, key string, exp int32) error {
+	reqs := [1]meta.Request{{Command: meta.Get, Key: key, Touch: true, TTL: exp}}
+	var out [1]meta.Response
+	if err := v.Exec(ctx, node, reqs[:], out[:]); err != nil {
+		return err
+	}
+	return Answer(&out[0])
+}
+
+// Delete removes key (only when its CAS id is cas, when cas is non-zero);
+// ErrMiss when absent, ErrCASConflict when the CAS id differs.
+func Delete(ctx context.Context, v View, node, key string, cas uint64) error {
+	reqs := [1]meta.Request{{Command: meta.Delete, Key: key, CAS: cas}}
+	var out [1]meta.Response
+	if err := v.Exec(ctx, node, reqs[:], out[:]); err != nil {
+		return err
+	}
+	return Answer(&out[0])
+}
