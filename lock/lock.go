@@ -258,11 +258,13 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 		res := out[:len(batch)]
 		err := l.cluster.Exec(ctx, node, batch, res)
 		if err != nil {
-			if errors.Is(err, meta.ErrUnknownOutcome) {
-				if !retried && ctx.Err() == nil {
-					uncertain, retried = true, true
-					continue
-				}
+			if errors.Is(err, meta.ErrUnknownOutcome) && !retried && ctx.Err() == nil {
+				uncertain, retried = true, true
+				continue
+			}
+			if uncertain || errors.Is(err, meta.ErrUnknownOutcome) {
+				// An add with this token may have landed (now or in an
+				// earlier attempt), whatever became of the last one.
 				l.forgetLater(node, key, token)
 			}
 			return nil, nil, fmt.Errorf("lock: acquire %s: %w", key, err)
@@ -277,7 +279,26 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 		}
 		if uncertain {
 			if own := res[1]; own.Status == meta.StatusOK && string(own.Value) == string(token) {
-				cas = own.CAS // an earlier add with our token did land
+				// An earlier add with our token did land. Take it over under
+				// a fresh token (compare-and-set), so that the cleanup of
+				// the old token cannot delete the lock we now hold.
+				fresh := newToken()
+				newCAS, err := ops.Store(ctx, l.cluster, node, meta.ModeSet, &ops.Item{Key: key, Value: fresh, CAS: own.CAS}, exp)
+				switch {
+				case err == nil:
+					l.clearToken(key, token)
+					token, cas = fresh, newCAS
+				case errors.Is(err, ops.ErrCASConflict) || errors.Is(err, ops.ErrMiss):
+					// The cleanup deleted it first, or it expired: try again.
+					uncertain = false
+					l.clearToken(key, token)
+					continue
+				default:
+					// Unknown which token the item holds now: both are
+					// cleaned up once the node answers.
+					l.forgetLater(node, key, fresh)
+					return nil, nil, fmt.Errorf("lock: acquire %s: take over: %w", key, err)
+				}
 				break
 			}
 			// The lock is someone else's (or gone): our earlier add did
@@ -352,11 +373,16 @@ func (l *Locker) tokenFor(key string) (token []byte, uncertain bool) {
 	if ok && time.Now().Before(p.until) {
 		return p.token, true
 	}
-	token = make([]byte, 32)
+	return newToken(), false
+}
+
+// newToken returns a random owner token: 32 hex characters (128 bits).
+func newToken() []byte {
+	token := make([]byte, 32)
 	var raw [16]byte
 	_, _ = crand.Read(raw[:])
 	hex.Encode(token, raw[:])
-	return token, false
+	return token
 }
 
 // maxUncertain bounds the remembered tokens of adds with unknown outcome.
@@ -375,6 +401,10 @@ func (l *Locker) forgetLater(node, key string, token []byte) {
 			}
 		}
 	}
+	if p, ok := l.uncertain[key]; ok && string(p.token) == string(token) && time.Now().Before(p.until) {
+		l.mu.Unlock()
+		return // its cleanup is running already
+	}
 	l.uncertain[key] = pendingToken{token: token, until: until}
 	l.mu.Unlock()
 	go l.cleanup(node, key, token, until)
@@ -389,42 +419,57 @@ func (l *Locker) clearToken(key string, token []byte) {
 	l.mu.Unlock()
 }
 
-// cleanup deletes the lock item key on node if it holds token, retrying
-// with backoff until the node answers or the lock would have expired.
+// cleanup deletes the lock item key on node if it holds token, polling
+// with backoff until that is done, the item is seen holding another
+// owner's token, the Locker took the lock over (the token is no longer
+// remembered), or the lock would have expired. A miss proves nothing: an
+// add still waiting in the socket of a hung node lands when it resumes,
+// possibly after a read on another connection.
 func (l *Locker) cleanup(node, key string, token []byte, until time.Time) {
-	pause := 100 * time.Millisecond
-	for time.Now().Before(until) {
+	pause := 50 * time.Millisecond
+	for time.Now().Before(until) && l.remembers(key, token) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := l.deleteIfOwner(ctx, node, key, token)
+		done, err := l.deleteIfOwner(ctx, node, key, token)
 		cancel()
-		if err == nil {
-			l.clearToken(key, token)
-			return
+		if err == nil && done {
+			break
 		}
-		time.Sleep(pause)
-		pause = min(2*pause, 2*time.Second)
+		time.Sleep(min(pause, time.Until(until)))
+		pause = min(2*pause, time.Second)
 	}
 	l.clearToken(key, token)
 }
 
+// remembers reports whether token is the remembered uncertain token of key.
+func (l *Locker) remembers(key string, token []byte) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p, ok := l.uncertain[key]
+	return ok && string(p.token) == string(token)
+}
+
 // deleteIfOwner reads key and deletes it with its CAS id when it holds
-// token; nil when that is done or the item is someone else's or gone.
-func (l *Locker) deleteIfOwner(ctx context.Context, node, key string, token []byte) error {
+// token. done is true once the item was deleted or holds another token.
+func (l *Locker) deleteIfOwner(ctx context.Context, node, key string, token []byte) (done bool, err error) {
 	it, err := ops.Get(ctx, l.cluster, node, key)
 	if errors.Is(err, ops.ErrMiss) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	if string(it.Value) != string(token) {
-		return nil
+		return true, nil
 	}
 	err = ops.Delete(ctx, l.cluster, node, key, it.CAS)
-	if err == nil || errors.Is(err, ops.ErrMiss) || errors.Is(err, ops.ErrCASConflict) {
-		return nil
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ops.ErrMiss) || errors.Is(err, ops.ErrCASConflict):
+		return false, nil // changed meanwhile: look again
+	default:
+		return false, err
 	}
-	return err
 }
 
 // exptime returns the memcached exptime of a lock item: the TTL in whole

@@ -40,7 +40,7 @@ func benchAttrs() map[string]any {
 // benchSetup starts two nodes and returns a store, a saved ~1 KB session
 // and a raw gomemcache client on the session's primary node with the same
 // pool size, for the floor.
-func benchSetup(b *testing.B) (*store.Store, string, *memcache.Client, []byte) {
+func benchSetup(b testing.TB) (*store.Store, string, *memcache.Client, []byte) {
 	c := mcproc.NewCluster(b, benchNodes)
 	st := newStore(b, c, nil)
 	s := saved(b, st, benchAttrs())

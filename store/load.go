@@ -34,15 +34,15 @@ func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
 	if !ok {
 		return nil, ErrNotFound
 	}
-	key, bkey, _ := st.Keys(id)
+	key := st.key(id)
 	it, err := ops.Get(ctx, st.view, node, key)
 	switch {
 	case err == nil:
-		return st.fromPrimary(ctx, id, base, node, it)
+		return st.fromPrimary(ctx, id, base, node, &it)
 	case errors.Is(err, ops.ErrMiss):
-		return st.restore(ctx, id, node, key, bkey)
+		return st.restore(ctx, id, node, key, st.bkey(id))
 	case errors.Is(err, replica.ErrNodeDown):
-		return st.relocate(ctx, id, base, node, bkey, err)
+		return st.relocate(ctx, id, base, node, st.bkey(id), err)
 	default:
 		return nil, fmt.Errorf("store: load %s: %w", id, err)
 	}
@@ -93,7 +93,7 @@ func (st *Store) fromRecord(id string, rec *codec.Record, casID uint64) (*Sessio
 // missed or has crashed (refuses connections), and ErrUnavailable when a
 // candidate that may hold a copy did not answer.
 //
-// With base set, each candidate is also asked, in the same "gets", for the
+// With base set, each candidate is also asked, in the same round trip, for the
 // session relocated there (id base-<candidate>) by a parallel request or an
 // earlier failure; moved then reports that the returned session is that
 // primary copy, under its new id. Every reachable candidate is read and the
@@ -117,7 +117,7 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 		movedID := ""
 		if base != "" {
 			movedID = makeID(base, cand)
-			movedKey, _, _ := st.Keys(movedID)
+			movedKey := st.key(movedID)
 			keys = append(keys, movedKey)
 		}
 		items, err := ops.GetMulti(ctx, st.view, cand, keys)
@@ -171,12 +171,12 @@ func (st *Store) newerMoved(ctx context.Context, s *Session, base, node string) 
 			continue
 		}
 		movedID := makeID(base, cand)
-		key, _, _ := st.Keys(movedID)
+		key := st.key(movedID)
 		it, err := ops.Get(ctx, st.view, cand, key)
 		if err != nil {
 			continue
 		}
-		m, err := st.decode(movedID, it)
+		m, err := st.decode(movedID, &it)
 		// A tie goes to the moved copy: relocation writes the same version.
 		if err != nil || m.version < s.version || best != nil && m.version <= best.version {
 			continue
@@ -257,8 +257,7 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target string, saving bool) error {
 	oldID := s.ID()
 	newID := makeID(base, target)
-	newKey, newBkey, _ := st.Keys(newID)
-	_, oldBkey, _ := st.Keys(oldID)
+	newKey, newBkey, oldBkey := st.key(newID), st.bkey(newID), st.bkey(oldID)
 	s.setID(newID, true)
 	if err := st.putPrimary(ctx, s, target, newKey, saving); err != nil {
 		return err

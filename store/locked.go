@@ -26,8 +26,8 @@ func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 	if !ok {
 		return nil, ErrNotFound
 	}
-	key, bkey, lkey := st.Keys(id)
-	lk, items, err := st.locker.AcquireAndGet(ctx, node, lkey, key)
+	key := st.key(id)
+	lk, items, err := st.locker.AcquireAndGet(ctx, node, st.lkey(id), key)
 	if errors.Is(err, replica.ErrNodeDown) {
 		// Relocate (unlocked), then lock the session where it now lives.
 		s, err := st.Load(ctx, id)
@@ -46,7 +46,7 @@ func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 	if it := items[0]; it.Found {
 		s, err = st.fromPrimary(ctx, id, base, node, itemOf(key, it)) // a moved copy is locked again below
 	} else {
-		s, err = st.restore(ctx, id, node, key, bkey)
+		s, err = st.restore(ctx, id, node, key, st.bkey(id))
 	}
 	if err != nil {
 		_ = lk.Release(context.WithoutCancel(ctx))
@@ -79,8 +79,8 @@ func (st *Store) Lock(ctx context.Context, s *Session) error {
 	if !ok {
 		return ErrNotFound
 	}
-	key, _, lkey := st.Keys(id)
-	lk, items, err := st.locker.AcquireAndGet(ctx, node, lkey, key)
+	key := st.key(id)
+	lk, items, err := st.locker.AcquireAndGet(ctx, node, st.lkey(id), key)
 	if err != nil {
 		return fmt.Errorf("store: lock %s: %w", id, err)
 	}

@@ -95,7 +95,7 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 		}
 		skipPrimary = casID == 0
 	}
-	key, bkey, _ := st.Keys(id)
+	key, bkey := st.key(id), st.bkey(id)
 	backup := st.view.BackupOf(node)
 	flags := flagsOf(version)
 	w := write{
@@ -131,7 +131,7 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 		}
 		tried = append(tried, next)
 		node, id = next, makeID(base, next)
-		key, bkey, _ = st.Keys(id)
+		key, bkey = st.key(id), st.bkey(id)
 		backup = st.view.BackupOf(node, tried...)
 		w.primary, w.preq.Key, w.backup, w.breq.Key, w.release = node, key, backup, bkey, nil
 		s.setID(id, false)
@@ -170,8 +170,11 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 		st.stats.backupFailures.Add(1)
 		st.log.Warn("backup write failed: writing the backup copy to the next node", "id", id, "node", backup, "err", bErr)
 		backup, bErr = st.backupElsewhere(ctx, node, key, exp, &w.breq, backup)
-	}
-	if bErr != nil && !errors.Is(bErr, ops.ErrNotStored) {
+		if errors.Is(bErr, errConflict) {
+			st.stats.conflicts.Add(1)
+			return released, fmt.Errorf("%w: %s was deleted concurrently", ErrConflict, id)
+		}
+	} else if bErr != nil && !errors.Is(bErr, ops.ErrNotStored) {
 		st.stats.backupFailures.Add(1)
 		st.log.Warn("backup write failed: session saved on its primary only", "id", id, "node", backup, "err", bErr)
 	}
@@ -207,11 +210,11 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 		return released, fmt.Errorf("store: save %s: %w", id, pErr)
 	}
 	st.stats.saves.Add(1)
-	if backup == "" {
+	if backup == "" && !primaryLost {
 		st.stats.singleCopy.Add(1)
 		st.log.Warn("no second node usable: session saved with one copy", "id", s.ID())
 	}
-	if bErr == nil {
+	if bErr == nil && backup != "" {
 		st.refreshed.note(s.ID(), start, st.touchAfter(s.IdleTimeout()))
 	}
 	s.mu.Lock()
@@ -264,13 +267,11 @@ func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pEr
 			reqs[1], reqs[2] = *w.release, meta.Request{Command: meta.NoOp}
 			n = 3
 		}
-		pErr = st.view.Exec(ctx, w.primary, reqs[:n], out[:n])
-		if pErr == nil {
+		if err := st.view.Exec(ctx, w.primary, reqs[:n], out[:n]); err != nil {
+			pErr, w.releaseErr = err, err
+		} else {
 			pErr, cas = ops.Answer(&out[0]), out[0].CAS
-		}
-		if w.release != nil {
-			w.releaseErr = pErr
-			if !errors.Is(pErr, replica.ErrNodeDown) {
+			if w.release != nil {
 				w.releaseErr = ops.Answer(&out[1])
 			}
 		}
@@ -291,10 +292,16 @@ func (st *Store) writeBackup(ctx context.Context, node string, req *meta.Request
 	return ops.Answer(&out[0])
 }
 
+// errConflict is backupElsewhere's report that the primary copy was
+// deleted while the backup copy was written.
+var errConflict = errors.New("deleted concurrently")
+
 // backupElsewhere writes the backup copy to the next usable node after
-// primary other than failed, after the primary write succeeded, then makes
-// sure the primary was not deleted meanwhile. It returns the node written
-// to ("" when there is none) and the error of the last attempt.
+// primary other than failed, once the primary write succeeded, then makes
+// sure the primary was not deleted meanwhile (errConflict; the new copy is
+// removed again). It returns the node that holds the copy, or "" with a
+// nil error when no other node is usable; each failed attempt is counted
+// and logged.
 func (st *Store) backupElsewhere(ctx context.Context, primary, key string, exp int32, breq *meta.Request, failed string) (string, error) {
 	req := *breq
 	req.Mode = meta.ModeSet // the new node has no copy to replace
@@ -308,7 +315,7 @@ func (st *Store) backupElsewhere(ctx context.Context, primary, key string, exp i
 		err := st.writeBackup(ctx, alt, &req)
 		if err == nil {
 			if cerr := st.confirmPrimary(ctx, primary, key, exp, alt, req.Key); cerr != nil {
-				return alt, cerr
+				return alt, errConflict
 			}
 			return alt, nil
 		}
@@ -334,7 +341,7 @@ func (st *Store) confirmPrimary(ctx context.Context, node, key string, exp int32
 // currentCAS reads the CAS id of the primary copy and checks it still holds
 // version want (the one this request saved last); 0 when it is missing.
 func (st *Store) currentCAS(ctx context.Context, id, node string, want uint64) (uint64, error) {
-	key, _, _ := st.Keys(id)
+	key := st.key(id)
 	it, err := ops.Get(ctx, st.view, node, key)
 	if errors.Is(err, ops.ErrMiss) {
 		return 0, nil // still missing: only the backup copy is written
@@ -342,7 +349,7 @@ func (st *Store) currentCAS(ctx context.Context, id, node string, want uint64) (
 	if err != nil {
 		return 0, fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, err)
 	}
-	cur, err := st.decode(id, it)
+	cur, err := st.decode(id, &it)
 	if err != nil || cur.version != want {
 		st.stats.conflicts.Add(1)
 		return 0, fmt.Errorf("%w: %s", ErrConflict, id)
@@ -508,7 +515,7 @@ func (st *Store) RenewID(ctx context.Context, s *Session) error {
 	held := s.lock
 	s.mu.Unlock()
 	if held != nil {
-		_, _, lkey := st.Keys(newID)
+		lkey := st.lkey(newID)
 		lk, err := st.locker.Acquire(ctx, node, lkey)
 		if err != nil {
 			return fmt.Errorf("store: renew %s: %w", oldID, err)

@@ -198,8 +198,13 @@ func (st *Store) Stats() Stats {
 // Keys returns the memcached keys of session id: the primary copy, the
 // backup copy and the lock, each with the key prefix.
 func (st *Store) Keys(id string) (session, backup, lockKey string) {
-	return st.prefix + id, st.prefix + "bak:" + id, st.prefix + "lock:" + id
+	return st.key(id), st.bkey(id), st.lkey(id)
 }
+
+// key, bkey and lkey return one of the keys of Keys each.
+func (st *Store) key(id string) string  { return st.prefix + id }
+func (st *Store) bkey(id string) string { return st.prefix + "bak:" + id }
+func (st *Store) lkey(id string) string { return st.prefix + "lock:" + id }
 
 // Placement returns the node that holds the primary copy of session id
 // and the node its next save writes the backup copy to ("" when no other

@@ -100,19 +100,19 @@ func GetRequest(key string) meta.Request {
 }
 
 // ItemOf returns the item a GetRequest answered, or ErrMiss.
-func ItemOf(key string, r *meta.Response) (*Item, error) {
+func ItemOf(key string, r *meta.Response) (Item, error) {
 	if err := Answer(r); err != nil {
-		return nil, err
+		return Item{}, err
 	}
-	return &Item{Key: key, Value: r.Value, Flags: r.Flags, CAS: r.CAS, TTL: r.TTL}, nil
+	return Item{Key: key, Value: r.Value, Flags: r.Flags, CAS: r.CAS, TTL: r.TTL}, nil
 }
 
 // Get reads one item from node; ErrMiss when absent.
-func Get(ctx context.Context, v View, node, key string) (*Item, error) {
+func Get(ctx context.Context, v View, node, key string) (Item, error) {
 	reqs := [1]meta.Request{GetRequest(key)}
 	var out [1]meta.Response
 	if err := v.Exec(ctx, node, reqs[:], out[:]); err != nil {
-		return nil, err
+		return Item{}, err
 	}
 	return ItemOf(key, &out[0])
 }
@@ -137,7 +137,7 @@ func GetMulti(ctx context.Context, v View, node string, keys []string) (map[stri
 		if err != nil {
 			return nil, err
 		}
-		items[k] = it
+		items[k] = &it
 	}
 	return items, nil
 }
