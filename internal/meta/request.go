@@ -62,7 +62,8 @@ type Request struct {
 	// never expires, a negative value expires at once, over 30 days is a
 	// Unix time). For a Get it is sent only with Touch.
 	TTL int32
-	// Touch makes a Get refresh the item's TTL to TTL.
+	// Touch makes a Get refresh the item's TTL to TTL. Its ReturnTTL gives
+	// the TTL from before the touch.
 	Touch bool
 	// Flags are the client flags stored by a Set ("F" flag; 32 bits).
 	Flags uint32

@@ -64,7 +64,9 @@ type Response struct {
 	// with ReturnCAS.
 	CAS uint64
 	// TTL is the item's remaining time to live in seconds, when asked for;
-	// -1 means it never expires, 0 that it expires now.
+	// -1 means it never expires, 0 that it expires now. A Get with Touch
+	// returns the TTL the item had before the touch (memcached applies the
+	// flags in order and "T" is sent last).
 	TTL int32
 	// Flags are the item's client flags, when asked for.
 	Flags uint32
@@ -173,8 +175,10 @@ func readHeader(br *bufio.Reader, h *header) error {
 
 // parseTTL parses the value of a "t" flag. memcached prints the remaining
 // time as an unsigned 32-bit difference, so an item whose expiry is already
-// past (a Get that touched it with a negative TTL) shows a number above
-// math.MaxInt32 (e.g. "t4294967232"): it expires now, read as 0.
+// past shows a number above math.MaxInt32 (e.g. "t4294967232" for
+// "mg <key> T-1 t", a touch to the past applied before "t"; the encoder
+// sends "T" last, so it gets the TTL from before the touch): it expires
+// now, read as 0.
 func parseTTL(v []byte) (int32, error) {
 	t, err := strconv.ParseInt(string(v), 10, 64)
 	switch {
