@@ -4,6 +4,13 @@ package meta
 
 import "net"
 
-// connCheck cannot peek at sockets on this platform: a closed idle
+// connChecker cannot peek at sockets on this platform: a closed idle
 // connection is found when a batch fails on it.
-func connCheck(net.Conn) error { return nil }
+type connChecker struct{}
+
+func newConnChecker(net.Conn) *connChecker { return &connChecker{} }
+
+func (*connChecker) check() error { return nil }
+
+// connCheck checks c once (see connChecker).
+func connCheck(c net.Conn) error { return newConnChecker(c).check() }

@@ -60,8 +60,9 @@ type Config struct {
 	// MaxIdle is how many idle connections are kept; more are closed when
 	// returned. Default DefaultMaxIdle (128), at most MaxConns.
 	MaxIdle int
-	// MaxValueSize is the largest value accepted in an answer; a larger
-	// one is a protocol error. Default DefaultMaxValueSize (64 MiB).
+	// MaxValueSize is the largest value sent (a larger one is refused
+	// with ErrBadRequest, nothing sent) or accepted in an answer (a larger
+	// one is a protocol error). Default DefaultMaxValueSize (64 MiB).
 	MaxValueSize int
 }
 
@@ -99,9 +100,10 @@ type Pool struct {
 }
 
 type conn struct {
-	nc   net.Conn
-	br   *bufio.Reader
-	wbuf []byte
+	nc    net.Conn
+	br    *bufio.Reader
+	wbuf  []byte
+	check *connChecker
 }
 
 // NewPool returns a pool for cfg.Addr with cfg's defaults filled in. It
@@ -205,6 +207,12 @@ func (p *Pool) DoInto(ctx context.Context, reqs []Request, out []Response) error
 	for i := range reqs {
 		if err := reqs[i].check(); err != nil {
 			return fmt.Errorf("meta: %s: request %d: %w", p.cfg.Addr, i, err)
+		}
+		if len(reqs[i].Value) > p.cfg.MaxValueSize {
+			// memcached would read the bytes of a value it refuses this
+			// early as commands.
+			return fmt.Errorf("meta: %s: request %d: %w: value of %d bytes over the limit of %d",
+				p.cfg.Addr, i, ErrBadRequest, len(reqs[i].Value), p.cfg.MaxValueSize)
 		}
 	}
 	if reqs[len(reqs)-1].Quiet {
@@ -344,7 +352,7 @@ func (p *Pool) get(ctx context.Context, deadline time.Time) (*conn, error) {
 // unread bytes (in its reader or its socket); any other one is dropped
 // (its slot freed).
 func (p *Pool) usable(c *conn) bool {
-	if c.br.Buffered() > 0 || connCheck(c.nc) != nil {
+	if c.br.Buffered() > 0 || c.check.check() != nil {
 		p.stale.Add(1)
 		p.closeConn(c)
 		return false
@@ -363,7 +371,7 @@ func (p *Pool) dial(ctx context.Context, deadline time.Time) (*conn, error) {
 		p.dialErrors.Add(1)
 		return nil, fmt.Errorf("dial: %w", err)
 	}
-	return &conn{nc: nc, br: bufio.NewReaderSize(nc, maxLine), wbuf: make([]byte, 0, 1024)}, nil
+	return &conn{nc: nc, br: bufio.NewReaderSize(nc, maxLine), wbuf: make([]byte, 0, 1024), check: newConnChecker(nc)}, nil
 }
 
 // put returns a healthy connection to the idle set, or closes it when
