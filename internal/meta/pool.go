@@ -92,9 +92,16 @@ type Stats struct {
 type Pool struct {
 	cfg   Config
 	slots chan struct{} // one token per open connection
-	idle  chan *conn
 	done  chan struct{}
 	once  sync.Once
+
+	// idle is a stack: the most recently used connection is reused first
+	// (as database/sql and gomemcache do), so a few hot connections serve
+	// a steady load and the others stay idle. ready wakes a batch waiting
+	// for a connection when one is put back.
+	mu    sync.Mutex
+	idle  []*conn
+	ready chan struct{}
 
 	dials, dialErrors, waits, timeouts, stale, broken, batches, requests atomic.Uint64
 }
@@ -132,7 +139,7 @@ func NewPool(cfg Config) *Pool {
 	return &Pool{
 		cfg:   cfg,
 		slots: make(chan struct{}, cfg.MaxConns),
-		idle:  make(chan *conn, cfg.MaxConns),
+		ready: make(chan struct{}, 1),
 		done:  make(chan struct{}),
 	}
 }
@@ -143,7 +150,7 @@ func (p *Pool) Addr() string { return p.cfg.Addr }
 // Stats returns a snapshot of the pool.
 func (p *Pool) Stats() Stats {
 	return Stats{
-		Open: len(p.slots), Idle: len(p.idle),
+		Open: len(p.slots), Idle: p.idleCount(),
 		Dials: p.dials.Load(), DialErrors: p.dialErrors.Load(), Waits: p.waits.Load(),
 		Timeouts: p.timeouts.Load(), Stale: p.stale.Load(), Broken: p.broken.Load(),
 		Batches: p.batches.Load(), Requests: p.requests.Load(),
@@ -162,13 +169,46 @@ func (p *Pool) Close() error {
 func (p *Pool) CloseIdle() { p.drainIdle() }
 
 func (p *Pool) drainIdle() {
-	for {
-		select {
-		case c := <-p.idle:
-			p.closeConn(c)
-		default:
-			return
-		}
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, c := range idle {
+		p.closeConn(c)
+	}
+}
+
+func (p *Pool) idleCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle)
+}
+
+// pop takes the most recently returned idle connection, or nil. When
+// more are idle, it passes the wake-up on to another waiting batch.
+func (p *Pool) pop() *conn {
+	p.mu.Lock()
+	n := len(p.idle)
+	if n == 0 {
+		p.mu.Unlock()
+		return nil
+	}
+	c := p.idle[n-1]
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	more := n > 1
+	p.mu.Unlock()
+	if more {
+		p.signal()
+	}
+	return c
+}
+
+// signal wakes one batch waiting for a connection, if any.
+func (p *Pool) signal() {
+	select {
+	case p.ready <- struct{}{}:
+	default:
 	}
 }
 
@@ -310,31 +350,27 @@ func (p *Pool) get(ctx context.Context, deadline time.Time) (*conn, error) {
 	if p.closed() {
 		return nil, ErrClosed
 	}
-	for {
-		select {
-		case c := <-p.idle:
-			if p.usable(c) {
-				return c, nil
-			}
-			continue
-		default:
+	for c := p.pop(); c != nil; c = p.pop() {
+		if p.usable(c) {
+			return c, nil
 		}
-		select {
-		case p.slots <- struct{}{}:
-			return p.dial(ctx, deadline)
-		default:
-		}
-		break
+	}
+	select {
+	case p.slots <- struct{}{}:
+		return p.dial(ctx, deadline)
+	default:
 	}
 	p.waits.Add(1)
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	for {
-		select {
-		case c := <-p.idle:
+		for c := p.pop(); c != nil; c = p.pop() {
 			if p.usable(c) {
 				return c, nil
 			}
+		}
+		select {
+		case <-p.ready:
 		case p.slots <- struct{}{}:
 			return p.dial(ctx, deadline)
 		case <-ctx.Done():
@@ -377,19 +413,20 @@ func (p *Pool) dial(ctx context.Context, deadline time.Time) (*conn, error) {
 // put returns a healthy connection to the idle set, or closes it when
 // enough are idle or the pool is closed.
 func (p *Pool) put(c *conn) {
+	p.mu.Lock()
 	if p.closed() || len(p.idle) >= p.cfg.MaxIdle {
+		p.mu.Unlock()
 		p.closeConn(c)
 		return
 	}
-	select {
-	case p.idle <- c:
-		if p.closed() {
-			// Close ran after the check above: drain what it missed.
-			p.drainIdle()
-		}
-	default:
-		p.closeConn(c)
+	p.idle = append(p.idle, c)
+	p.mu.Unlock()
+	if p.closed() {
+		// Close ran after the check above: drain what it missed.
+		p.drainIdle()
+		return
 	}
+	p.signal()
 }
 
 // discard closes a connection after a failed batch.
