@@ -83,7 +83,7 @@ type node struct {
 	Node
 	index   int // position in Cluster.nodes
 	pool    *meta.Pool
-	breaker *gobreaker.CircuitBreaker[struct{}]
+	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
 	outage  atomic.Int64 // unix nanoseconds of the last outage (breaker opened, or MarkOutage); 0 = never
 	refused atomic.Bool  // the last failure was a refused connection
 }
@@ -122,7 +122,7 @@ func New(cfg Config) (*Cluster, error) {
 		})
 		threshold := cfg.FailureThreshold
 		nd := &node{Node: n, index: len(c.nodes), pool: pool}
-		nd.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		nd.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 			Name:        n.ID,
 			MaxRequests: 1,
 			Timeout:     cfg.OpenTimeout,
@@ -290,26 +290,59 @@ func (c *Cluster) backupCandidates(primary string) []string {
 // the node are wrapped with ErrNodeDown. The transport never retries a
 // batch that may have reached the server.
 func (c *Cluster) exec(ctx context.Context, id string, reqs []meta.Request, out []meta.Response) error {
-	n, ok := c.byID[id]
-	if !ok {
-		return fmt.Errorf("%w: %q", ErrUnknownNode, id)
+	b := [1]ops.Batch{{Node: id, Reqs: reqs, Out: out}}
+	c.execMany(ctx, b[:])
+	return b[0].Err
+}
+
+// execMany sends every batch to its node at once and then reads all the
+// answers, so that batches to different nodes share one round trip; each
+// batch's error is set in it (see exec).
+func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
+	var (
+		callsBuf [2]meta.Call
+		donesBuf [2]func(error)
+	)
+	calls, dones := callsBuf[:0], donesBuf[:0]
+	if len(batches) > len(callsBuf) {
+		calls, dones = make([]meta.Call, 0, len(batches)), make([]func(error), 0, len(batches))
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+	calls, dones = calls[:len(batches)], dones[:len(batches)]
+	for i := range batches {
+		b := &batches[i]
+		b.Err = nil
+		n, ok := c.byID[b.Node]
+		if !ok {
+			b.Err = fmt.Errorf("%w: %q", ErrUnknownNode, b.Node)
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			b.Err = err
+			continue
+		}
+		done, err := n.breaker.Allow()
+		if err != nil {
+			b.Err = fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
+			continue
+		}
+		dones[i] = done
+		n.pool.Start(ctx, b.Reqs, b.Out, &calls[i])
 	}
-	_, err := n.breaker.Execute(func() (struct{}, error) {
-		return struct{}{}, n.pool.DoInto(ctx, reqs, out)
-	})
-	if err == nil {
-		return nil
-	}
-	if errors.Is(err, meta.ErrBadRequest) {
-		return err
-	}
-	if !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) {
+	for i := range batches {
+		if dones[i] == nil {
+			continue
+		}
+		b := &batches[i]
+		err := calls[i].Finish()
+		dones[i](err)
+		if err == nil || errors.Is(err, meta.ErrBadRequest) {
+			b.Err = err
+			continue
+		}
+		n := c.byID[b.Node]
 		n.refused.Store(errors.Is(err, syscall.ECONNREFUSED))
+		b.Err = fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
 	}
-	return fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
 }
 
 // Ping checks that node id answers (a meta no-op through its breaker).
@@ -358,11 +391,12 @@ type view struct{ c *Cluster }
 func (v view) Exec(ctx context.Context, node string, reqs []meta.Request, out []meta.Response) error {
 	return v.c.exec(ctx, node, reqs, out)
 }
-func (v view) Has(id string) bool                           { return v.c.Has(id) }
-func (v view) Healthy(id string) bool                       { return v.c.Healthy(id) }
-func (v view) PickNew() (string, error)                     { return v.c.pickNew() }
-func (v view) BackupOf(p string, exclude ...string) string  { return v.c.BackupOf(p, exclude...) }
-func (v view) BackupCandidates(p string) []string           { return v.c.backupCandidates(p) }
-func (v view) MarkOutage(id string)                         { v.c.markOutage(id) }
-func (v view) OutageWithin(id string, d time.Duration) bool { return v.c.outageWithin(id, d) }
-func (v view) Gone(id string) bool                          { return v.c.gone(id) }
+func (v view) ExecMany(ctx context.Context, batches []ops.Batch) { v.c.execMany(ctx, batches) }
+func (v view) Has(id string) bool                                { return v.c.Has(id) }
+func (v view) Healthy(id string) bool                            { return v.c.Healthy(id) }
+func (v view) PickNew() (string, error)                          { return v.c.pickNew() }
+func (v view) BackupOf(p string, exclude ...string) string       { return v.c.BackupOf(p, exclude...) }
+func (v view) BackupCandidates(p string) []string                { return v.c.backupCandidates(p) }
+func (v view) MarkOutage(id string)                              { v.c.markOutage(id) }
+func (v view) OutageWithin(id string, d time.Duration) bool      { return v.c.outageWithin(id, d) }
+func (v view) Gone(id string) bool                               { return v.c.gone(id) }

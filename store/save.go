@@ -245,39 +245,50 @@ type write struct {
 	breq       meta.Request
 }
 
-// replicate sends the primary and the backup write in parallel, one round
-// trip each, and returns when both answered: the primary's error (a node
-// failure or an answer: ops.ErrMiss, ErrNotStored, ErrCASConflict), the
-// backup's, and the primary copy's new CAS id. With skipPrimary only the
-// backup is written and the primary's error is ops.ErrMiss.
+// replicate sends the primary and the backup write together (both are
+// on the wire before either answer is read, so they share one round trip)
+// and returns the primary's error (a node failure or an answer:
+// ops.ErrMiss, ErrNotStored, ErrCASConflict), the backup's, and the
+// primary copy's new CAS id. With skipPrimary only the backup is written
+// and the primary's error is ops.ErrMiss.
 func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pErr, bErr error, cas uint64) {
-	var done chan error
-	if w.backup != "" {
-		done = make(chan error, 1)
-		go func() { done <- st.writeBackup(ctx, w.backup, &w.breq) }()
-	}
-	if skipPrimary {
-		pErr = ops.ErrMiss
-	} else {
-		var reqs [3]meta.Request
-		var out [3]meta.Response
-		reqs[0] = w.preq
+	var (
+		preqs   [3]meta.Request
+		pout    [3]meta.Response
+		breqs   [1]meta.Request
+		bout    [1]meta.Response
+		batches [2]ops.Batch
+	)
+	list := batches[:0]
+	if !skipPrimary {
+		preqs[0] = w.preq
 		n := 1
 		if w.release != nil {
-			reqs[1], reqs[2] = *w.release, meta.Request{Command: meta.NoOp}
+			preqs[1], preqs[2] = *w.release, meta.Request{Command: meta.NoOp}
 			n = 3
 		}
-		if err := st.view.Exec(ctx, w.primary, reqs[:n], out[:n]); err != nil {
-			pErr, w.releaseErr = err, err
-		} else {
-			pErr, cas = ops.Answer(&out[0]), out[0].CAS
-			if w.release != nil {
-				w.releaseErr = ops.Answer(&out[1])
-			}
+		list = append(list, ops.Batch{Node: w.primary, Reqs: preqs[:n], Out: pout[:n]})
+	}
+	if w.backup != "" {
+		breqs[0] = w.breq
+		list = append(list, ops.Batch{Node: w.backup, Reqs: breqs[:], Out: bout[:]})
+	}
+	st.view.ExecMany(ctx, list)
+	if skipPrimary {
+		pErr = ops.ErrMiss
+	} else if err := list[0].Err; err != nil {
+		pErr, w.releaseErr = err, err
+	} else {
+		pErr, cas = ops.Answer(&pout[0]), pout[0].CAS
+		if w.release != nil {
+			w.releaseErr = ops.Answer(&pout[1])
 		}
 	}
-	if done != nil {
-		bErr = <-done
+	if w.backup != "" {
+		b := list[len(list)-1]
+		if bErr = b.Err; bErr == nil {
+			bErr = ops.Answer(&bout[0])
+		}
 	}
 	return pErr, bErr, cas
 }
@@ -391,21 +402,29 @@ func (st *Store) Touch(ctx context.Context, s *Session) error {
 	if !ok {
 		return fmt.Errorf("store: touch: malformed id %q", id)
 	}
-	key, bkey, _ := st.Keys(id)
-	var (
-		wg        sync.WaitGroup
-		backupErr error
-	)
+	key, bkey := st.key(id), st.bkey(id)
+	var backupErr error
 	b := st.view.BackupOf(node)
-	if b != "" {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			backupErr = ops.Touch(ctx, st.view, b, bkey, exp)
-		}()
+	reqs := [2]meta.Request{
+		{Command: meta.Get, Key: key, Touch: true, TTL: exp},
+		{Command: meta.Get, Key: bkey, Touch: true, TTL: exp},
 	}
-	err := ops.Touch(ctx, st.view, node, key, exp)
-	wg.Wait()
+	var out [2]meta.Response
+	batches := [2]ops.Batch{{Node: node, Reqs: reqs[:1], Out: out[:1]}, {Node: b, Reqs: reqs[1:], Out: out[1:]}}
+	list := batches[:1]
+	if b != "" {
+		list = batches[:2]
+	}
+	st.view.ExecMany(ctx, list) // primary and backup in one round trip
+	err := list[0].Err
+	if err == nil {
+		err = ops.Answer(&out[0])
+	}
+	if b != "" {
+		if backupErr = list[1].Err; backupErr == nil {
+			backupErr = ops.Answer(&out[1])
+		}
+	}
 	st.stats.touches.Add(1)
 	if err == nil && errors.Is(backupErr, ops.ErrMiss) {
 		// The backup node lost its copy (it restarted): write one again,

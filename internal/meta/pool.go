@@ -241,25 +241,54 @@ func (p *Pool) Do(ctx context.Context, reqs ...Request) ([]Response, error) {
 // DoInto is Do with the answers written to out, which must be as long as
 // reqs.
 func (p *Pool) DoInto(ctx context.Context, reqs []Request, out []Response) error {
+	var call Call
+	p.Start(ctx, reqs, out, &call)
+	return call.Finish()
+}
+
+// Call is a batch in flight: sent by Pool.Start, its answers read by
+// Finish. The zero value is ready for Start.
+type Call struct {
+	p    *Pool
+	c    *conn // nil when Start finished the batch (or failed)
+	n    int   // bytes written
+	reqs []Request
+	out  []Response
+	err  error
+}
+
+// Start sends reqs as one batch on a connection of its own and returns
+// without reading the answers, so that batches to several nodes are in
+// flight at once (one round trip for all, and no goroutine); call.Finish
+// reads the answers into out. Every Start must be followed by Finish. A
+// batch larger than 64 KiB is done in full by Start. Errors are those of
+// Do, returned by Finish.
+func (p *Pool) Start(ctx context.Context, reqs []Request, out []Response, call *Call) {
+	*call = Call{p: p, reqs: reqs, out: out}
 	if len(reqs) == 0 || len(out) != len(reqs) {
-		return fmt.Errorf("%w: %d requests, room for %d answers", ErrBadRequest, len(reqs), len(out))
+		call.err = fmt.Errorf("%w: %d requests, room for %d answers", ErrBadRequest, len(reqs), len(out))
+		return
 	}
 	for i := range reqs {
 		if err := reqs[i].check(); err != nil {
-			return fmt.Errorf("meta: %s: request %d: %w", p.cfg.Addr, i, err)
+			call.err = fmt.Errorf("meta: %s: request %d: %w", p.cfg.Addr, i, err)
+			return
 		}
 		if len(reqs[i].Value) > p.cfg.MaxValueSize {
 			// memcached would read the bytes of a value it refuses this
 			// early as commands.
-			return fmt.Errorf("meta: %s: request %d: %w: value of %d bytes over the limit of %d",
+			call.err = fmt.Errorf("meta: %s: request %d: %w: value of %d bytes over the limit of %d",
 				p.cfg.Addr, i, ErrBadRequest, len(reqs[i].Value), p.cfg.MaxValueSize)
+			return
 		}
 	}
 	if reqs[len(reqs)-1].Quiet {
-		return fmt.Errorf("meta: %s: %w: the last request of a batch must not be quiet", p.cfg.Addr, ErrBadRequest)
+		call.err = fmt.Errorf("meta: %s: %w: the last request of a batch must not be quiet", p.cfg.Addr, ErrBadRequest)
+		return
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
+		call.err = fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
+		return
 	}
 	deadline := time.Now().Add(p.cfg.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -267,13 +296,15 @@ func (p *Pool) DoInto(ctx context.Context, reqs []Request, out []Response) error
 	}
 	c, err := p.get(ctx, deadline)
 	if err != nil {
-		return fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
+		call.err = fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
+		return
 	}
 	p.batches.Add(1)
 	p.requests.Add(uint64(len(reqs)))
 	if err := c.nc.SetDeadline(deadline); err != nil {
 		p.discard(c, err)
-		return fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
+		call.err = fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
+		return
 	}
 	b := c.wbuf[:0]
 	for i := range reqs {
@@ -288,16 +319,34 @@ func (p *Pool) DoInto(ctx context.Context, reqs []Request, out []Response) error
 	} else {
 		c.wbuf = nil // do not keep a large value's buffer
 	}
-	var n int
-	var werr, rerr error
-	if len(b) <= syncWriteMax {
-		n, werr = c.nc.Write(b)
-		if werr == nil {
-			rerr = readAnswers(c.br, reqs, out, p.cfg.MaxValueSize)
-		}
-	} else {
-		n, werr, rerr = p.writeWhileReading(c, b, reqs, out)
+	if len(b) > syncWriteMax {
+		n, werr, rerr := p.writeWhileReading(c, b, reqs, out)
+		call.err = p.settle(c, n, werr, rerr)
+		return
 	}
+	n, werr := c.nc.Write(b)
+	if werr != nil {
+		call.err = p.settle(c, n, werr, nil)
+		return
+	}
+	call.c, call.n = c, n
+}
+
+// Finish reads the answers of a batch sent by Start and returns Do's error.
+func (call *Call) Finish() error {
+	c := call.c
+	if c == nil {
+		return call.err
+	}
+	call.c = nil
+	p := call.p
+	call.err = p.settle(c, call.n, nil, readAnswers(c.br, call.reqs, call.out, p.cfg.MaxValueSize))
+	return call.err
+}
+
+// settle returns the connection of a batch to the pool, or closes it after
+// a failure, and returns the batch's error.
+func (p *Pool) settle(c *conn, n int, werr, rerr error) error {
 	switch {
 	case werr != nil && n == 0:
 		p.discard(c, werr)

@@ -21,6 +21,10 @@ type View interface {
 	// (and meta.ErrNotSent or meta.ErrUnknownOutcome); answers such as a
 	// miss or a CAS mismatch are in out, never errors.
 	Exec(ctx context.Context, node string, reqs []meta.Request, out []meta.Response) error
+	// ExecMany is Exec for batches to several nodes at once: every batch
+	// is sent before any answer is read, so they share one round trip.
+	// Each batch's error is set in its Err.
+	ExecMany(ctx context.Context, batches []Batch)
 	// Has reports whether id names a configured node.
 	Has(id string) bool
 	// Healthy reports whether the node's breaker lets calls through.
@@ -38,6 +42,17 @@ type View interface {
 	OutageWithin(id string, d time.Duration) bool
 	// Gone reports whether the node's last failure was a refused connection.
 	Gone(id string) bool
+}
+
+// Batch is one node's batch for View.ExecMany.
+type Batch struct {
+	// Node is the node id.
+	Node string
+	// Reqs are the requests; Out receives the answers (as long as Reqs).
+	Reqs []meta.Request
+	Out  []meta.Response
+	// Err is the batch's error after ExecMany (see View.Exec).
+	Err error
 }
 
 // Handle is embedded in replica.Cluster; it carries the cluster's View to
