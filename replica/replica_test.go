@@ -199,3 +199,23 @@ func TestPingAndPoolStats(t *testing.T) {
 	require.ErrorIs(t, err, meta.ErrNotSent, "a refused dial sent nothing")
 	require.Equal(t, uint64(1), cl.PoolStats()[1].DialErrors)
 }
+
+func TestExecManyCountsEachNodeOnItsOwn(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	cl := newCluster(t, c)
+	ctx := context.Background()
+	require.NoError(t, c.Node("n2").Kill())
+	mk := func(node string) ops.Batch {
+		return ops.Batch{Node: node, Reqs: []meta.Request{{Command: meta.Set, Key: "k", Value: []byte("v"), TTL: 60}},
+			Out: make([]meta.Response, 1)}
+	}
+	batches := []ops.Batch{mk("n1"), mk("n2"), mk("n9")}
+	ops.Of(cl).ExecMany(ctx, batches)
+	require.NoError(t, batches[0].Err)
+	require.Equal(t, meta.StatusOK, batches[0].Out[0].Status)
+	require.ErrorIs(t, batches[1].Err, replica.ErrNodeDown)
+	require.ErrorIs(t, batches[2].Err, replica.ErrUnknownNode)
+	st := cl.Status()
+	require.Zero(t, st[0].ConsecutiveFailures)
+	require.Equal(t, uint32(1), st[1].ConsecutiveFailures)
+}
