@@ -234,8 +234,9 @@ func (rep *report) writeMarkdown(path string) error {
 		fmt.Fprintf(&b, "- `%s`: %s\n", im.name, im.desc)
 	}
 	b.WriteString("\nPeers and the floor talk to node n1 only; mcsession uses all 3 nodes and writes every save to a primary and a backup node. " +
-		"Every implementation's gomemcache clients keep the same number of idle connections per node " +
-		fmt.Sprintf("(MaxIdleConns %d). See bench/README.md for what each one does per request.\n", cfg.maxIdle))
+		"Every implementation keeps the same number of idle connections per node " +
+		fmt.Sprintf("(%d; gomemcache's MaxIdleConns, mcsession's replica.Config.MaxIdleConns, floor-meta's pool). "+
+			"See bench/README.md for what each one does per request.\n", cfg.maxIdle))
 
 	m := rep.machine
 	b.WriteString("\n## Machine\n\n")
