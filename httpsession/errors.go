@@ -45,6 +45,7 @@ func StatusCode(err error) int {
 	case errors.Is(err, lock.ErrLockTimeout),
 		errors.Is(err, store.ErrUnavailable),
 		errors.Is(err, replica.ErrNodeDown),
+		errors.Is(err, replica.ErrNodeBusy),
 		errors.Is(err, replica.ErrNoHealthyNode),
 		errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, context.Canceled):

@@ -55,6 +55,10 @@ func TestLockedWriteRoundTrips(t *testing.T) {
 			n := incr(w, r)
 			fmt.Fprint(w, n, strings.Repeat(" ", 8<<10))
 		})
+		mux.HandleFunc("POST /late-status", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, incr(w, r))
+			w.WriteHeader(http.StatusInternalServerError) // superfluous, as in net/http
+		})
 		mux.HandleFunc("POST /flush", func(w http.ResponseWriter, r *http.Request) {
 			n := incr(w, r)
 			fmt.Fprint(w, n)
@@ -99,6 +103,7 @@ func TestLockedWriteRoundTrips(t *testing.T) {
 	}{
 		{"/small", http.StatusOK, 2},
 		{"/header-first", http.StatusAccepted, 2},
+		{"/late-status", http.StatusOK, 2},
 		{"/large", http.StatusOK, 3},
 		{"/flush", http.StatusOK, 3},
 	}

@@ -63,11 +63,16 @@ func (rs *reqState) hold(code int, p []byte) bool {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	if rs.started.Load() || rs.done || rs.err != nil || rs.s == nil || !rs.s.Locked() ||
-		len(rs.heldBody)+len(p) > heldMax {
-		return false
+		len(rs.heldBody)+len(p) > heldMax || code != 0 && (code < 100 || code > 999) {
+		return false // an invalid code goes to net/http at once (which panics)
 	}
-	if code != 0 && rs.heldCode == 0 {
+	if rs.heldCode == 0 {
+		// As in net/http, the first WriteHeader or Write decides the
+		// status (a Write means 200); later WriteHeader calls are ignored.
 		rs.heldCode = code
+		if code == 0 {
+			rs.heldCode = http.StatusOK
+		}
 	}
 	rs.heldBody = append(rs.heldBody, p...)
 	return true

@@ -72,9 +72,9 @@ type Locker struct {
 
 	// uncertain holds the owner tokens of adds whose outcome is unknown
 	// (the connection broke after sending), by lock key, so that the next
-	// acquisition of that key recognises the lock as its own.
+	// acquisition of that key recognises such a lock as its own.
 	mu        sync.Mutex
-	uncertain map[string]pendingToken
+	uncertain map[string][]pendingToken
 }
 
 type pendingToken struct {
@@ -133,7 +133,7 @@ func New(cluster *replica.Cluster, cfg Config) (*Locker, error) {
 	if cfg.RenewEvery >= cfg.TTL {
 		return nil, fmt.Errorf("lock: RenewEvery %v must be shorter than TTL %v, or the lock expires between renewals", cfg.RenewEvery, cfg.TTL)
 	}
-	return &Locker{cluster: ops.Of(cluster), cfg: cfg, uncertain: make(map[string]pendingToken)}, nil
+	return &Locker{cluster: ops.Of(cluster), cfg: cfg, uncertain: make(map[string][]pendingToken)}, nil
 }
 
 // Config returns the configuration in force, defaults filled in.
@@ -215,18 +215,24 @@ func (l *Locker) Acquire(ctx context.Context, node, key string) (*Lock, error) {
 // extra, read after the lock was taken (while the lock is held by someone
 // else the reads are discarded).
 //
-// An attempt whose outcome is unknown (the connection broke after the add
-// was sent) is retried once at once with the same owner token, reading the
-// lock item too: a lock found holding that token is ours. When it fails
-// again, the error is returned and the token is remembered, so that the
-// next acquisition of key by this Locker recognises the lock as its own
-// instead of waiting for it, and a background cleanup deletes it (only
-// while it still holds that token) once the node answers.
+// Every add carries a fresh owner token. When an add's outcome is unknown
+// (the connection broke after it was sent), its token is remembered and a
+// background cleanup deletes the lock item once the node answers, only
+// while the item holds that token; the attempt is retried once at once.
+// Attempts made while such tokens are remembered also read the lock item:
+// a lock found holding one of them is ours, and is taken over under the
+// fresh token with a compare-and-set (so the cleanup cannot delete it).
+// So neither this call nor a later acquisition of key by this Locker waits
+// for a lock its own lost add left behind.
 func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...string) (*Lock, []Item, error) {
-	token, uncertain := l.tokenFor(key)
+	// Every add carries a fresh token. orphans are the tokens of adds of
+	// this Locker whose outcome is unknown (earlier calls', and this
+	// call's): a lock item holding one of them is ours to take over.
+	token := newToken()
+	orphans := l.orphansOf(key)
 	exp := l.exptime()
 	// reqs is the add and the reads of extra; ownReqs also reads the lock
-	// item (after an attempt with an unknown outcome).
+	// item, to recognise an orphan.
 	reqs := make([]meta.Request, 1, 1+len(extra))
 	reqs[0] = meta.Request{Command: meta.Set, Key: key, Value: token, Mode: meta.ModeAdd, TTL: exp, ReturnCAS: true}
 	for _, k := range extra {
@@ -245,27 +251,31 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 	var timer *time.Timer
 	waited, retried := false, false
 	var cas uint64
+	first := 1 // index of the first read of extra in the answers
 	for {
-		// The read of the lock item is only needed to recognise our own
-		// lock after an attempt with an unknown outcome.
 		batch := reqs
-		if uncertain {
+		first = 1
+		if len(orphans) > 0 {
 			if ownReqs == nil {
 				ownReqs = append([]meta.Request{reqs[0], {Command: meta.Get, Key: key, ReturnValue: true, ReturnCAS: true}}, reqs[1:]...)
 			}
-			batch = ownReqs
+			ownReqs[0].Value = token
+			batch, first = ownReqs, 2
 		}
 		res := out[:len(batch)]
 		err := l.cluster.Exec(ctx, node, batch, res)
 		if err != nil {
-			if errors.Is(err, meta.ErrUnknownOutcome) && !retried && ctx.Err() == nil {
-				uncertain, retried = true, true
-				continue
-			}
-			if uncertain || errors.Is(err, meta.ErrUnknownOutcome) {
-				// An add with this token may have landed (now or in an
-				// earlier attempt), whatever became of the last one.
+			if errors.Is(err, meta.ErrUnknownOutcome) {
+				// The add may land (now, or when a hung node resumes):
+				// remember its token and clean it up in the background.
 				l.forgetLater(node, key, token)
+				orphans = append(orphans, token)
+				token = newToken()
+				reqs[0].Value = token
+				if !retried && ctx.Err() == nil {
+					retried = true
+					continue
+				}
 			}
 			return nil, nil, fmt.Errorf("lock: acquire %s: %w", key, err)
 		}
@@ -277,34 +287,26 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 		if !errors.Is(addErr, ops.ErrNotStored) {
 			return nil, nil, fmt.Errorf("lock: acquire %s: %w", key, addErr)
 		}
-		if uncertain {
-			if own := res[1]; own.Status == meta.StatusOK && string(own.Value) == string(token) {
-				// An earlier add with our token did land. Take it over under
-				// a fresh token (compare-and-set), so that the cleanup of
-				// the old token cannot delete the lock we now hold.
-				fresh := newToken()
-				newCAS, err := ops.Store(ctx, l.cluster, node, meta.ModeSet, &ops.Item{Key: key, Value: fresh, CAS: own.CAS}, exp)
+		if len(orphans) > 0 {
+			if own := res[1]; own.Status == meta.StatusOK && containsToken(orphans, own.Value) {
+				// An add of ours with an unknown outcome did land. Take it
+				// over under the fresh token (compare-and-set), so that the
+				// cleanup of the old one cannot delete the lock we now hold.
+				newCAS, err := ops.Store(ctx, l.cluster, node, meta.ModeSet, &ops.Item{Key: key, Value: token, CAS: own.CAS}, exp)
 				switch {
 				case err == nil:
-					l.clearToken(key, token)
-					token, cas = fresh, newCAS
+					l.clearToken(key, own.Value)
+					cas = newCAS
 				case errors.Is(err, ops.ErrCASConflict) || errors.Is(err, ops.ErrMiss):
-					// The cleanup deleted it first, or it expired: try again.
-					uncertain = false
-					l.clearToken(key, token)
-					continue
+					continue // the cleanup deleted it first, or it expired: add again
 				default:
 					// Unknown which token the item holds now: both are
-					// cleaned up once the node answers.
-					l.forgetLater(node, key, fresh)
+					// remembered and cleaned up once the node answers.
+					l.forgetLater(node, key, token)
 					return nil, nil, fmt.Errorf("lock: acquire %s: take over: %w", key, err)
 				}
 				break
 			}
-			// The lock is someone else's (or gone): our earlier add did
-			// not land, or expired.
-			uncertain = false
-			l.clearToken(key, token)
 		}
 		if !waited {
 			l.m.waited.Add(1)
@@ -332,9 +334,6 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 		}
 		pause = min(pause*2, l.cfg.BackoffMax)
 	}
-	if uncertain {
-		l.clearToken(key, token)
-	}
 	// WaitTime counts only acquisitions that found the lock held, not the
 	// round trip of an uncontended add.
 	if waited {
@@ -345,10 +344,6 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 	var items []Item
 	if len(extra) > 0 {
 		items = make([]Item, len(extra))
-		first := 1
-		if uncertain {
-			first = 2
-		}
 		for i := range extra {
 			r := &out[first+i]
 			if r.Status == meta.StatusOK {
@@ -363,17 +358,28 @@ func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...s
 	return lk, items, nil
 }
 
-// tokenFor returns the owner token for a new acquisition of key: the token
-// of an earlier add of this Locker whose outcome is unknown (uncertain is
-// then true), or a fresh one.
-func (l *Locker) tokenFor(key string) (token []byte, uncertain bool) {
-	l.mu.Lock()
-	p, ok := l.uncertain[key]
-	l.mu.Unlock()
-	if ok && time.Now().Before(p.until) {
-		return p.token, true
+func containsToken(tokens [][]byte, v []byte) bool {
+	for _, t := range tokens {
+		if string(t) == string(v) {
+			return true
+		}
 	}
-	return newToken(), false
+	return false
+}
+
+// orphansOf returns the remembered tokens of key's adds whose outcome is
+// unknown and whose lock could still exist.
+func (l *Locker) orphansOf(key string) [][]byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out [][]byte
+	now := time.Now()
+	for _, p := range l.uncertain[key] {
+		if now.Before(p.until) {
+			out = append(out, p.token)
+		}
+	}
+	return out
 }
 
 // newToken returns a random owner token: 32 hex characters (128 bits).
@@ -385,27 +391,37 @@ func newToken() []byte {
 	return token
 }
 
-// maxUncertain bounds the remembered tokens of adds with unknown outcome.
-const maxUncertain = 4096
+// Bounds of the remembered tokens of adds with an unknown outcome.
+const (
+	maxUncertainKeys   = 4096
+	maxUncertainPerKey = 4
+)
 
 // forgetLater remembers token as possibly holding key (until the lock
 // would have expired) and starts a cleanup that deletes the lock item,
 // only while it holds token, once the node answers again.
 func (l *Locker) forgetLater(node, key string, token []byte) {
-	until := time.Now().Add(l.cfg.TTL + time.Second)
+	now := time.Now()
+	until := now.Add(l.cfg.TTL + time.Second)
 	l.mu.Lock()
-	if len(l.uncertain) >= maxUncertain {
-		for k, p := range l.uncertain { // drop expired entries, or any one
-			if time.Now().After(p.until) || len(l.uncertain) >= maxUncertain {
+	if len(l.uncertain) >= maxUncertainKeys {
+		for k, ps := range l.uncertain { // drop expired entries, or any one
+			if len(ps) == 0 || now.After(ps[len(ps)-1].until) || len(l.uncertain) >= maxUncertainKeys {
 				delete(l.uncertain, k)
 			}
 		}
 	}
-	if p, ok := l.uncertain[key]; ok && string(p.token) == string(token) && time.Now().Before(p.until) {
-		l.mu.Unlock()
-		return // its cleanup is running already
+	ps := l.uncertain[key]
+	for _, p := range ps {
+		if string(p.token) == string(token) {
+			l.mu.Unlock()
+			return // its cleanup is running already
+		}
 	}
-	l.uncertain[key] = pendingToken{token: token, until: until}
+	if len(ps) >= maxUncertainPerKey {
+		ps = ps[1:] // the oldest: its cleanup stops at its next look
+	}
+	l.uncertain[key] = append(ps, pendingToken{token: token, until: until})
 	l.mu.Unlock()
 	go l.cleanup(node, key, token, until)
 }
@@ -413,10 +429,19 @@ func (l *Locker) forgetLater(node, key string, token []byte) {
 // clearToken forgets a remembered token once its fate is known.
 func (l *Locker) clearToken(key string, token []byte) {
 	l.mu.Lock()
-	if p, ok := l.uncertain[key]; ok && string(p.token) == string(token) {
-		delete(l.uncertain, key)
+	defer l.mu.Unlock()
+	ps := l.uncertain[key]
+	for i, p := range ps {
+		if string(p.token) == string(token) {
+			ps = append(ps[:i:i], ps[i+1:]...)
+			break
+		}
 	}
-	l.mu.Unlock()
+	if len(ps) == 0 {
+		delete(l.uncertain, key)
+	} else {
+		l.uncertain[key] = ps
+	}
 }
 
 // cleanup deletes the lock item key on node if it holds token, polling
@@ -440,12 +465,16 @@ func (l *Locker) cleanup(node, key string, token []byte, until time.Time) {
 	l.clearToken(key, token)
 }
 
-// remembers reports whether token is the remembered uncertain token of key.
+// remembers reports whether token is a remembered uncertain token of key.
 func (l *Locker) remembers(key string, token []byte) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	p, ok := l.uncertain[key]
-	return ok && string(p.token) == string(token)
+	for _, p := range l.uncertain[key] {
+		if string(p.token) == string(token) {
+			return true
+		}
+	}
+	return false
 }
 
 // deleteIfOwner reads key and deletes it with its CAS id when it holds
@@ -522,6 +551,14 @@ func (lk *Lock) Renew(ctx context.Context) error {
 	}
 	newCAS, err := ops.Store(ctx, lk.l.cluster, lk.node, meta.ModeSet,
 		&ops.Item{Key: lk.key, Value: lk.token, CAS: cas}, lk.l.exptime())
+	if errors.Is(err, ops.ErrCASConflict) {
+		// A renewal whose outcome was unknown may have changed the CAS id
+		// of our own item: look, and renew once more if it is ours.
+		if cur, ok := lk.ownCAS(ctx); ok {
+			newCAS, err = ops.Store(ctx, lk.l.cluster, lk.node, meta.ModeSet,
+				&ops.Item{Key: lk.key, Value: lk.token, CAS: cur}, lk.l.exptime())
+		}
+	}
 	switch {
 	case err == nil:
 		lk.mu.Lock()
@@ -572,7 +609,7 @@ func (lk *Lock) Release(ctx context.Context) error {
 	if err != nil || key == "" {
 		return err
 	}
-	return lk.EndRelease(ops.Delete(ctx, lk.l.cluster, lk.node, key, cas))
+	return lk.EndRelease(ctx, ops.Delete(ctx, lk.l.cluster, lk.node, key, cas))
 }
 
 // BeginRelease stops renewal and returns what the owner-checked release
@@ -602,8 +639,16 @@ func (lk *Lock) BeginRelease() (key string, cas uint64, err error) {
 // EndRelease records the outcome of the compare-and-delete started with
 // BeginRelease: err is nil when it deleted our item, an error wrapping a
 // CAS mismatch or a miss when the lock was no longer ours (ErrLost is
-// returned), or a failure of the node (returned wrapped).
-func (lk *Lock) EndRelease(err error) error {
+// returned), or a failure of the node (returned wrapped). On a CAS
+// mismatch it reads the lock item once: when it still holds our token (a
+// renewal whose outcome was unknown changed its CAS id), it is deleted
+// with its current CAS id.
+func (lk *Lock) EndRelease(ctx context.Context, err error) error {
+	if errors.Is(err, ops.ErrCASConflict) {
+		if cur, ok := lk.ownCAS(ctx); ok {
+			err = ops.Delete(ctx, lk.l.cluster, lk.node, lk.key, cur)
+		}
+	}
 	switch {
 	case err == nil:
 		lk.l.m.released.Add(1)
@@ -617,6 +662,16 @@ func (lk *Lock) EndRelease(err error) error {
 	default:
 		return fmt.Errorf("lock: release %s: %w", lk.key, err)
 	}
+}
+
+// ownCAS reads the lock item and returns its CAS id when it holds our
+// token (the token is ours alone: an item holding it is our lock).
+func (lk *Lock) ownCAS(ctx context.Context) (uint64, bool) {
+	it, err := ops.Get(ctx, lk.l.cluster, lk.node, lk.key)
+	if err != nil || string(it.Value) != string(lk.token) {
+		return 0, false
+	}
+	return it.CAS, true
 }
 
 // CAS returns the CAS id of the lock item as last written by us.

@@ -69,9 +69,9 @@ type Config struct {
 
 // Cluster is a fixed set of memcached nodes. It is safe for concurrent use.
 type Cluster struct {
-	// Handle gives mcsession's own packages (lock, store) the operations
-	// and failover helpers of the cluster; it has no use outside them.
-	ops.Handle
+	// opsHandle gives mcsession's own packages (lock, store) the
+	// operations and failover helpers of the cluster (see ops.Of).
+	opsHandle
 
 	nodes []*node
 	byID  map[string]*node
@@ -114,7 +114,7 @@ func New(cfg Config) (*Cluster, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Cluster{byID: make(map[string]*node, len(cfg.Nodes)), log: log}
-	c.Handle = ops.NewHandle(view{c})
+	c.opsHandle = ops.NewHandle(view{c})
 	for _, n := range cfg.Nodes {
 		pool := meta.NewPool(meta.Config{
 			Addr: n.Addr, Dial: cfg.DialContext, Timeout: cfg.Timeout, DialTimeout: cfg.Timeout,
@@ -298,6 +298,11 @@ func (c *Cluster) exec(ctx context.Context, id string, reqs []meta.Request, out 
 // execMany sends every batch to its node at once and then reads all the
 // answers, so that batches to different nodes share one round trip; each
 // batch's error is set in it (see exec).
+//
+// Only the first batch may wait for a free connection of its node: a later
+// one that would have to wait first lets the batches already sent finish
+// (returning their connections), so that two calls holding each other's
+// last connection never wait for each other.
 func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
 	var (
 		callsBuf [2]meta.Call
@@ -308,6 +313,15 @@ func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
 		calls, dones = make([]meta.Call, 0, len(batches)), make([]func(error), 0, len(batches))
 	}
 	calls, dones = calls[:len(batches)], dones[:len(batches)]
+	finish := func(i int) {
+		if dones[i] == nil {
+			return
+		}
+		err := calls[i].Finish()
+		dones[i](err)
+		dones[i] = nil
+		batches[i].Err = c.nodeError(batches[i].Node, err)
+	}
 	for i := range batches {
 		b := &batches[i]
 		b.Err = nil
@@ -326,23 +340,31 @@ func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
 			continue
 		}
 		dones[i] = done
-		n.pool.Start(ctx, b.Reqs, b.Out, &calls[i])
+		if !n.pool.TryStart(ctx, b.Reqs, b.Out, &calls[i]) {
+			for j := range i {
+				finish(j)
+			}
+			n.pool.Start(ctx, b.Reqs, b.Out, &calls[i])
+		}
 	}
 	for i := range batches {
-		if dones[i] == nil {
-			continue
-		}
-		b := &batches[i]
-		err := calls[i].Finish()
-		dones[i](err)
-		if err == nil || errors.Is(err, meta.ErrBadRequest) {
-			b.Err = err
-			continue
-		}
-		n := c.byID[b.Node]
-		n.refused.Store(errors.Is(err, syscall.ECONNREFUSED))
-		b.Err = fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
+		finish(i)
 	}
+}
+
+// nodeError turns the error of a batch on node id into what exec returns:
+// nil, a bad request as it is, an overloaded node (every connection busy
+// until the deadline) as ErrNodeBusy, any other failure as ErrNodeDown.
+func (c *Cluster) nodeError(id string, err error) error {
+	if err == nil || errors.Is(err, meta.ErrBadRequest) {
+		return err
+	}
+	n := c.byID[id]
+	if errors.Is(err, meta.ErrPoolTimeout) {
+		return fmt.Errorf("%w: %s (%s): %w", ErrNodeBusy, n.ID, n.Addr, err)
+	}
+	n.refused.Store(errors.Is(err, syscall.ECONNREFUSED))
+	return fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
 }
 
 // Ping checks that node id answers (a meta no-op through its breaker).
@@ -384,6 +406,10 @@ func (c *Cluster) PoolStats() []PoolStats {
 	}
 	return out
 }
+
+// opsHandle is ops.Handle under a name that keeps the embedded field
+// unexported.
+type opsHandle = ops.Handle
 
 // view is the ops.View of a Cluster.
 type view struct{ c *Cluster }

@@ -15,6 +15,12 @@ var (
 	// refused, timeout, broken connection) or its circuit breaker is open.
 	ErrNodeDown = errors.New("replica: node down")
 
+	// ErrNodeBusy is returned when every connection to a node stayed busy
+	// for the whole timeout (Config.MaxConns are open): the node is
+	// overloaded, not down, so sessions are not moved off it. It wraps
+	// context.DeadlineExceeded.
+	ErrNodeBusy = errors.New("replica: node busy")
+
 	// ErrNoHealthyNode is returned when every node's breaker is open.
 	ErrNoHealthyNode = errors.New("replica: no healthy node")
 )

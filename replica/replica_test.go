@@ -2,6 +2,8 @@ package replica_test
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -218,4 +220,44 @@ func TestExecManyCountsEachNodeOnItsOwn(t *testing.T) {
 	st := cl.Status()
 	require.Zero(t, st[0].ConsecutiveFailures)
 	require.Equal(t, uint32(1), st[1].ConsecutiveFailures)
+}
+
+// TestExecManyCrossedNeverWaitForEachOther: with one connection per node,
+// calls that write n1 then n2 and calls that write n2 then n1 must not
+// hold one node's last connection while waiting for the other's (they
+// would wait until the deadline and fail on healthy nodes).
+func TestExecManyCrossedNeverWaitForEachOther(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	nodes, err := replica.ParseNodes(c.Spec())
+	require.NoError(t, err)
+	cl, err := replica.New(replica.Config{Nodes: nodes, MaxConns: 1, MaxIdleConns: 1, Timeout: 2 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cl.Close() })
+	v := ops.Of(cl)
+	ctx := context.Background()
+	mk := func(node string) ops.Batch {
+		return ops.Batch{Node: node, Reqs: []meta.Request{{Command: meta.Set, Key: "k", Value: []byte("v"), TTL: 60}},
+			Out: make([]meta.Response, 1)}
+	}
+	errs := make(chan error, 400)
+	var wg sync.WaitGroup
+	for _, order := range [][2]string{{"n1", "n2"}, {"n2", "n1"}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				b := []ops.Batch{mk(order[0]), mk(order[1])}
+				v.ExecMany(ctx, b)
+				errs <- errors.Join(b[0].Err, b[1].Err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	for _, st := range cl.Status() {
+		require.Equal(t, "closed", st.State)
+	}
 }

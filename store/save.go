@@ -15,8 +15,8 @@ import (
 
 // Save writes s if it is new or was modified since it was loaded or last
 // saved; an unchanged session sends nothing (use Touch to refresh its idle
-// timeout). The primary and the backup copy are written in parallel, one
-// round trip each.
+// timeout). The primary and the backup copy are written in one round trip
+// (both batches are sent before either answer is read).
 //
 // A loaded session is written with a compare-and-set against the CAS id it
 // was loaded with (memcached returns the new CAS id of every save, so a
@@ -120,7 +120,7 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 	}
 	pErr, bErr, newCAS := st.replicate(ctx, &w, skipPrimary)
 	if w.release != nil {
-		released.err = lk.EndRelease(w.releaseErr)
+		released.err = lk.EndRelease(ctx, w.releaseErr)
 	}
 	for tried := []string{node}; isNew && errors.Is(pErr, replica.ErrNodeDown); {
 		// A new session is stored nowhere yet: try the next healthy node
@@ -164,7 +164,7 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 			}
 		}
 	}
-	if pErr == nil && errors.Is(bErr, replica.ErrNodeDown) {
+	if pErr == nil && (errors.Is(bErr, replica.ErrNodeDown) || errors.Is(bErr, replica.ErrNodeBusy)) {
 		// Two copies or no acknowledgement: the backup node failed, so the
 		// copy goes to the next usable node before the save returns.
 		st.stats.backupFailures.Add(1)

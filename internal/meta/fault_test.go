@@ -100,9 +100,9 @@ func TestKillMidBatch(t *testing.T) {
 	}})
 	ctx := testCtx(t)
 	// Two idle connections.
-	c1, err := p.get(ctx, time.Now().Add(time.Second))
+	c1, err := p.get(ctx, time.Now().Add(time.Second), true)
 	require.NoError(t, err)
-	c2, err := p.get(ctx, time.Now().Add(time.Second))
+	c2, err := p.get(ctx, time.Now().Add(time.Second), true)
 	require.NoError(t, err)
 	p.put(c1)
 	p.put(c2)
@@ -243,7 +243,7 @@ func TestRestartBetweenBatches(t *testing.T) {
 			ctx := testCtx(t)
 			var conns []*conn
 			for range 4 {
-				c, err := p.get(ctx, time.Now().Add(5*time.Second))
+				c, err := p.get(ctx, time.Now().Add(5*time.Second), true)
 				require.NoError(t, err)
 				conns = append(conns, c)
 			}

@@ -37,6 +37,12 @@ var (
 	ErrNotSent = errors.New("meta: not sent")
 	// ErrClosed is returned by Do after Close.
 	ErrClosed = errors.New("meta: pool closed")
+	// ErrPoolTimeout is wrapped (with ErrNotSent and
+	// context.DeadlineExceeded) when every connection stayed busy until the
+	// batch's deadline: the node is overloaded, not down.
+	ErrPoolTimeout = errors.New("meta: no free connection within the timeout")
+	// errWouldWait is get's answer without wait when it would have to wait.
+	errWouldWait = errors.New("meta: would wait for a connection")
 )
 
 // DialFunc opens a connection; a *tls.Dialer's DialContext or a
@@ -264,47 +270,66 @@ type Call struct {
 // batch larger than 64 KiB is done in full by Start. Errors are those of
 // Do, returned by Finish.
 func (p *Pool) Start(ctx context.Context, reqs []Request, out []Response, call *Call) {
+	p.start(ctx, reqs, out, call, true)
+}
+
+// TryStart is Start that does not wait for a connection: when every one
+// is busy and MaxConns are open, it sends nothing and returns false (call
+// is then unused). A caller that holds connections of other pools (the
+// batches of Start it has not finished) must not wait for one: two such
+// callers holding each other's last connection would wait until their
+// deadline. It finishes those first, then calls Start.
+func (p *Pool) TryStart(ctx context.Context, reqs []Request, out []Response, call *Call) bool {
+	return p.start(ctx, reqs, out, call, false)
+}
+
+// start is Start; without wait it returns false instead of waiting for a
+// connection.
+func (p *Pool) start(ctx context.Context, reqs []Request, out []Response, call *Call, wait bool) bool {
 	*call = Call{p: p, reqs: reqs, out: out}
 	if len(reqs) == 0 || len(out) != len(reqs) {
 		call.err = fmt.Errorf("%w: %d requests, room for %d answers", ErrBadRequest, len(reqs), len(out))
-		return
+		return true
 	}
 	for i := range reqs {
 		if err := reqs[i].check(); err != nil {
 			call.err = fmt.Errorf("meta: %s: request %d: %w", p.cfg.Addr, i, err)
-			return
+			return true
 		}
 		if len(reqs[i].Value) > p.cfg.MaxValueSize {
 			// memcached would read the bytes of a value it refuses this
 			// early as commands.
 			call.err = fmt.Errorf("meta: %s: request %d: %w: value of %d bytes over the limit of %d",
 				p.cfg.Addr, i, ErrBadRequest, len(reqs[i].Value), p.cfg.MaxValueSize)
-			return
+			return true
 		}
 	}
 	if reqs[len(reqs)-1].Quiet {
 		call.err = fmt.Errorf("meta: %s: %w: the last request of a batch must not be quiet", p.cfg.Addr, ErrBadRequest)
-		return
+		return true
 	}
 	if err := ctx.Err(); err != nil {
 		call.err = fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
-		return
+		return true
 	}
 	deadline := time.Now().Add(p.cfg.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	c, err := p.get(ctx, deadline)
+	c, err := p.get(ctx, deadline, wait)
+	if errors.Is(err, errWouldWait) {
+		return false
+	}
 	if err != nil {
 		call.err = fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
-		return
+		return true
 	}
 	p.batches.Add(1)
 	p.requests.Add(uint64(len(reqs)))
 	if err := c.nc.SetDeadline(deadline); err != nil {
 		p.discard(c, err)
 		call.err = fmt.Errorf("meta: %s: %w: %w", p.cfg.Addr, ErrNotSent, err)
-		return
+		return true
 	}
 	b := c.wbuf[:0]
 	for i := range reqs {
@@ -322,14 +347,15 @@ func (p *Pool) Start(ctx context.Context, reqs []Request, out []Response, call *
 	if len(b) > syncWriteMax {
 		n, werr, rerr := p.writeWhileReading(c, b, reqs, out)
 		call.err = p.settle(c, n, werr, rerr)
-		return
+		return true
 	}
 	n, werr := c.nc.Write(b)
 	if werr != nil {
 		call.err = p.settle(c, n, werr, nil)
-		return
+		return true
 	}
 	call.c, call.n = c, n
+	return true
 }
 
 // Finish reads the answers of a batch sent by Start and returns Do's error.
@@ -395,7 +421,7 @@ func (p *Pool) writeWhileReading(c *conn, b []byte, reqs []Request, out []Respon
 // get returns a connection: an idle one that is still open, a new one
 // when fewer than MaxConns are open, or the first one returned before
 // deadline.
-func (p *Pool) get(ctx context.Context, deadline time.Time) (*conn, error) {
+func (p *Pool) get(ctx context.Context, deadline time.Time, wait bool) (*conn, error) {
 	if p.closed() {
 		return nil, ErrClosed
 	}
@@ -408,6 +434,9 @@ func (p *Pool) get(ctx context.Context, deadline time.Time) (*conn, error) {
 	case p.slots <- struct{}{}:
 		return p.dial(ctx, deadline)
 	default:
+	}
+	if !wait {
+		return nil, errWouldWait
 	}
 	p.waits.Add(1)
 	timer := time.NewTimer(time.Until(deadline))
@@ -428,7 +457,7 @@ func (p *Pool) get(ctx context.Context, deadline time.Time) (*conn, error) {
 			return nil, ErrClosed
 		case <-timer.C:
 			p.timeouts.Add(1)
-			return nil, fmt.Errorf("no free connection within the timeout (%d open): %w", p.cfg.MaxConns, context.DeadlineExceeded)
+			return nil, fmt.Errorf("%w (%d open): %w", ErrPoolTimeout, p.cfg.MaxConns, context.DeadlineExceeded)
 		}
 	}
 }

@@ -145,7 +145,7 @@ func TestWaitForConn(t *testing.T) {
 				timeout = 200 * time.Millisecond
 			}
 			p := newPool(t, proc.Addr(), Config{MaxConns: 1, Timeout: timeout})
-			c, err := p.get(testCtx(t), time.Now().Add(5*time.Second))
+			c, err := p.get(testCtx(t), time.Now().Add(5*time.Second), true)
 			require.NoError(t, err)
 			ctx, cancel := context.WithCancel(testCtx(t))
 			defer cancel()
@@ -175,12 +175,12 @@ func TestClose(t *testing.T) {
 	p := newPool(t, proc.Addr(), Config{Timeout: 10 * time.Second})
 	ctx := testCtx(t)
 	do(t, p, Request{Command: NoOp})
-	c, err := p.get(ctx, time.Now().Add(time.Second))
+	c, err := p.get(ctx, time.Now().Add(time.Second), true)
 	require.NoError(t, err)
 	p.put(c) // the same idle connection
-	c2, err := p.get(ctx, time.Now().Add(time.Second))
+	c2, err := p.get(ctx, time.Now().Add(time.Second), true)
 	require.NoError(t, err)
-	c3, err := p.get(ctx, time.Now().Add(time.Second))
+	c3, err := p.get(ctx, time.Now().Add(time.Second), true)
 	require.NoError(t, err)
 	p.put(c3)
 	require.Equal(t, Stats{Open: 2, Idle: 1, Dials: 2, Batches: 1, Requests: 1}, p.Stats())
@@ -224,7 +224,7 @@ func TestMaxIdle(t *testing.T) {
 	ctx := testCtx(t)
 	var conns []*conn
 	for range 3 {
-		c, err := p.get(ctx, time.Now().Add(time.Second))
+		c, err := p.get(ctx, time.Now().Add(time.Second), true)
 		require.NoError(t, err)
 		conns = append(conns, c)
 	}
@@ -269,7 +269,7 @@ func TestIdleConnWithUnreadBytes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := newPool(t, proc.Addr(), Config{})
-			c, err := p.get(testCtx(t), time.Now().Add(5*time.Second))
+			c, err := p.get(testCtx(t), time.Now().Add(5*time.Second), true)
 			require.NoError(t, err)
 			tt.queue(t, c)
 			p.put(c)
