@@ -20,12 +20,7 @@
 // is written (WriteHeader, Write, Flush, Hijack and http.ResponseController
 // all count), so that the Set-Cookie header can still be sent and the
 // client's next request sees the change; changes made after that are saved
-// when the handler returns. The session lock is released last. While the
-// session holds its lock, a small response (its status and up to 4 KiB,
-// what net/http buffers anyway) is held back until the handler returns,
-// so that the save and the lock release go to memcached in one round trip
-// (two for the whole locked request); a larger response, Flush or Hijack
-// commits at once. An unchanged
+// when the handler returns. The session lock is released last. An unchanged
 // session gets its idle timeout refreshed (memcached touch) in the
 // background after the handler returned, so a read-only request without a
 // lock costs one memcached round trip.

@@ -41,54 +41,6 @@ type reqState struct {
 	saved     bool  // a save or renewal wrote the session
 	destroyed bool
 	done      bool
-
-	// The response held back while the session holds its lock (see
-	// responseWriter): its status (0: none yet) and first bytes.
-	heldCode int
-	heldBody []byte
-}
-
-// heldMax bounds the response bytes held back before the session is
-// committed: as much as net/http buffers before it sends anything.
-const heldMax = 4 << 10
-
-// hold keeps a status (code != 0) or response bytes back instead of
-// committing the session now, while the session holds its lock and the
-// response is small: the save and the lock release then go to memcached
-// together when the handler returns (one round trip instead of two), and
-// still before the first byte of the response. It reports whether it held
-// them; when it did not, the caller commits (begin), which sends what was
-// held first.
-func (rs *reqState) hold(code int, p []byte) bool {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if rs.started.Load() || rs.done || rs.err != nil || rs.s == nil || !rs.s.Locked() ||
-		len(rs.heldBody)+len(p) > heldMax || code != 0 && (code < 100 || code > 999) {
-		return false // an invalid code goes to net/http at once (which panics)
-	}
-	if rs.heldCode == 0 {
-		// As in net/http, the first WriteHeader or Write decides the
-		// status (a Write means 200); later WriteHeader calls are ignored.
-		rs.heldCode = code
-		if code == 0 {
-			rs.heldCode = http.StatusOK
-		}
-	}
-	rs.heldBody = append(rs.heldBody, p...)
-	return true
-}
-
-// sendHeld writes the status and bytes held back by hold, after the
-// session was committed. Callers hold rs.mu.
-func (rs *reqState) sendHeld() {
-	code, body := rs.heldCode, rs.heldBody
-	rs.heldCode, rs.heldBody = 0, nil
-	if code != 0 {
-		rs.w.WriteHeader(code)
-	}
-	if len(body) > 0 {
-		_, _ = rs.w.Write(body) // a failed write shows in the handler's next one
-	}
 }
 
 // load reads the session cookie and loads the session, locked when the
@@ -304,13 +256,11 @@ func (rs *reqState) beginLocked() bool {
 	if rs.err != nil {
 		rs.aborted.Store(true)
 		rs.started.Store(true)
-		rs.heldCode, rs.heldBody = 0, nil // replaced by the error answer
 		rs.answerError()
 		return false
 	}
 	rs.setHeaders()
 	rs.started.Store(true)
-	rs.sendHeld()
 	return true
 }
 
@@ -424,14 +374,14 @@ func (rs *reqState) finish() {
 	}
 }
 
-// release releases the session lock. Callers hold rs.mu.
+// release releases the session lock: the release is sent at once, its
+// answer is read in the background (the store logs a failure). Callers
+// hold rs.mu.
 func (rs *reqState) release() {
 	m := rs.m
 	ctx, cancel := m.commitContext(rs.ctx)
 	defer cancel()
-	if err := m.st.Release(ctx, rs.s); err != nil {
-		m.log.Warn("httpsession: session lock release failed", "id", rs.s.ID(), "err", err)
-	}
+	m.st.ReleaseNoWait(ctx, rs.s)
 }
 
 // abandon runs when the handler panicked: nothing is saved, the lock is
@@ -440,7 +390,6 @@ func (rs *reqState) abandon() {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	rs.done = true
-	rs.heldCode, rs.heldBody = 0, nil
 	if rs.s != nil && rs.s.Locked() {
 		rs.release()
 	}

@@ -10,13 +10,6 @@ import (
 // responseWriter commits the session before the first byte of the
 // response goes out. It supports http.ResponseController through Unwrap,
 // and Flush, Hijack and ReadFrom directly.
-//
-// While the session holds its lock, the status and up to 4 KiB of the
-// response are held back instead of committing at once (net/http would
-// buffer them anyway): when the handler returns first, the save and the
-// lock release then go to memcached in one round trip. A larger response,
-// Flush, Hijack or ReadFrom commits at once, as without a lock. Header
-// changes made after a held WriteHeader or Write still take effect.
 type responseWriter struct {
 	rw http.ResponseWriter
 	rs *reqState
@@ -32,19 +25,13 @@ func (w *responseWriter) WriteHeader(code int) {
 		w.rw.WriteHeader(code)
 		return
 	}
-	if w.rs.hold(code, nil) {
-		return
-	}
 	if w.rs.begin() {
 		w.rw.WriteHeader(code)
 	}
 }
 
-// Write commits the session, then writes p (or holds p back, see above).
+// Write commits the session, then writes p.
 func (w *responseWriter) Write(p []byte) (int, error) {
-	if w.rs.hold(0, p) {
-		return len(p), nil
-	}
 	if !w.rs.begin() {
 		return 0, ErrAborted
 	}

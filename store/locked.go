@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
+	"github.com/mcsession/mcsession/internal/meta"
 	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
@@ -122,35 +124,67 @@ func (st *Store) Release(ctx context.Context, s *Session) error {
 	return lk.Release(context.WithoutCancel(ctx))
 }
 
-// SaveAndRelease saves s (when modified) and then releases its lock. On
-// the primary node both go in one round trip: the write, then the
-// owner-checked compare-and-delete of the lock on the same connection, so
-// the lock is freed only after the new version is stored. The lock is
-// released even when the save fails; the save's error comes first.
+// SaveAndRelease saves s (when modified) and then releases its lock. The
+// release (the owner-checked compare-and-delete of the lock item) is sent
+// only once both copies of the session are stored, so that the next
+// holder of the lock never races a backup write of this one; its answer
+// is read in the background: SaveAndRelease returns without waiting for
+// it (a locked request then costs two round trips: lock and load, save),
+// and its outcome is counted in the lock's metrics and logged when the
+// lock turns out to be lost. The lock is released even when the save
+// fails; the save's error is returned.
 func (st *Store) SaveAndRelease(ctx context.Context, s *Session) error {
+	saveErr := st.Save(ctx, s)
+	st.ReleaseNoWait(ctx, s)
+	return saveErr
+}
+
+// ReleaseNoWait releases the session's lock, if it holds one, without
+// saving and without waiting for memcached's answer: the compare-and-delete
+// is sent before it returns and its answer is read in the background
+// (counted in the lock's metrics, logged when the lock turns out lost; see
+// Wait). Release is the variant that waits and returns the outcome.
+func (st *Store) ReleaseNoWait(ctx context.Context, s *Session) {
 	s.mu.Lock()
 	lk := s.lock
+	s.lock = nil
 	s.mu.Unlock()
-	rel, saveErr := st.save(ctx, s, lk)
-	var relErr error
-	if rel.sent {
-		s.mu.Lock()
-		if s.lock == lk {
-			s.lock = nil
-		}
-		s.mu.Unlock()
-		relErr = rel.err
-	} else {
-		relErr = st.Release(ctx, s)
+	if lk != nil {
+		st.releaseInBackground(ctx, lk)
 	}
-	if saveErr != nil {
-		return saveErr
-	}
-	if relErr != nil {
-		return fmt.Errorf("store: release %s: %w", s.ID(), relErr)
-	}
-	return nil
 }
+
+// releaseInBackground sends the compare-and-delete of lk and reads its
+// answer in a goroutine (tracked, so Close can wait for it).
+func (st *Store) releaseInBackground(ctx context.Context, lk *lock.Lock) {
+	key, cas, err := lk.BeginRelease()
+	if key == "" {
+		if err != nil {
+			st.log.Warn("session lock lost before its release", "key", lk.Key(), "err", err)
+		}
+		return
+	}
+	reqs := []meta.Request{{Command: meta.Delete, Key: key, CAS: cas}}
+	out := make([]meta.Response, 1)
+	finish := st.view.Send(context.WithoutCancel(ctx), lk.Node(), reqs, out)
+	st.background.Add(1)
+	go func() {
+		defer st.background.Done()
+		err := finish()
+		if err == nil {
+			err = ops.Answer(&out[0])
+		}
+		rctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		defer cancel()
+		if err := lk.EndRelease(rctx, err); err != nil {
+			st.log.Warn("session lock release failed", "key", key, "err", err)
+		}
+	}()
+}
+
+// releaseTimeout bounds the look at a lock item after a release found its
+// CAS id changed.
+const releaseTimeout = 2 * time.Second
 
 // Destroy deletes every item of s (see Delete) and then drops its lock;
 // a later Save of s returns ErrDestroyed. The lock is dropped after the

@@ -9,7 +9,6 @@ import (
 
 	"github.com/mcsession/mcsession/internal/meta"
 	"github.com/mcsession/mcsession/internal/ops"
-	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
 )
 
@@ -33,8 +32,7 @@ import (
 // the next usable node before Save returns. With a single usable node the
 // save succeeds with one copy (counted in Stats.SingleCopySaves, logged).
 func (st *Store) Save(ctx context.Context, s *Session) error {
-	_, err := st.save(ctx, s, nil)
-	return err
+	return st.save(ctx, s)
 }
 
 // flagsOf is the client flags value stored with a copy: the low 32 bits of
@@ -42,41 +40,38 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 // without its body.
 func flagsOf(version uint64) uint32 { return uint32(version) }
 
-// save is Save; with lk set (the session's held lock), the lock's
-// compare-and-delete is pipelined after the primary write when the lock
-// lives on the primary node, and relErr reports its outcome (released is
-// false when it was not sent: the caller releases it).
-func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released relResult, err error) {
+// save is Save.
+func (st *Store) save(ctx context.Context, s *Session) error {
 	s.mu.Lock()
 	isNew, unchanged, casID, id, destroyed := s.isNew, s.changes == s.saved, s.casID, s.id, s.destroyed
 	s.mu.Unlock()
 	if destroyed {
-		return released, fmt.Errorf("%w: %s", ErrDestroyed, id)
+		return fmt.Errorf("%w: %s", ErrDestroyed, id)
 	}
 	if !isNew && unchanged {
 		st.stats.skipped.Add(1)
-		return released, nil
+		return nil
 	}
 	raw, version, changes, err := s.encode(1)
 	if err != nil {
-		return released, fmt.Errorf("store: save %s: %w", id, err)
+		return fmt.Errorf("store: save %s: %w", id, err)
 	}
 	if len(raw) > st.maxSize {
-		return released, fmt.Errorf("%w: %s encodes to %d bytes, limit %d", ErrTooLarge, id, len(raw), st.maxSize)
+		return fmt.Errorf("%w: %s encodes to %d bytes, limit %d", ErrTooLarge, id, len(raw), st.maxSize)
 	}
 	start := time.Now()
 	exp, ok := s.exptime()
 	if !ok {
-		return released, fmt.Errorf("%w: %s", ErrExpired, id)
+		return fmt.Errorf("%w: %s", ErrExpired, id)
 	}
 	base, node, ok := splitID(id)
 	if !ok {
-		return released, fmt.Errorf("store: save: malformed id %q", id)
+		return fmt.Errorf("store: save: malformed id %q", id)
 	}
 	if isNew && !st.view.Healthy(node) {
 		// Not stored anywhere yet: move the new session to a healthy node.
 		if node, err = st.view.PickNew(); err != nil {
-			return released, fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, err)
+			return fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, err)
 		}
 		id = makeID(base, node)
 		s.setID(id, false)
@@ -91,7 +86,7 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 		// The primary copy was found missing by an earlier save of this
 		// request (the node restarted empty): check it still is.
 		if casID, err = st.currentCAS(ctx, id, node, version-1); err != nil {
-			return released, err
+			return err
 		}
 		skipPrimary = casID == 0
 	}
@@ -109,19 +104,7 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 		// save cannot bring back a session that was deleted meanwhile.
 		w.breq.Mode = meta.ModeReplace
 	}
-	if lk != nil && lk.Node() == node && !skipPrimary {
-		// Save, then release, on one connection: memcached runs them in
-		// order, so the lock is freed only once the new version is there.
-		lkey, lcas, lerr := lk.BeginRelease()
-		released.sent, released.err = true, lerr
-		if lkey != "" {
-			w.release = &meta.Request{Command: meta.Delete, Key: lkey, CAS: lcas, Quiet: true}
-		}
-	}
 	pErr, bErr, newCAS := st.replicate(ctx, &w, skipPrimary)
-	if w.release != nil {
-		released.err = lk.EndRelease(ctx, w.releaseErr)
-	}
 	for tried := []string{node}; isNew && errors.Is(pErr, replica.ErrNodeDown); {
 		// A new session is stored nowhere yet: try the next healthy node
 		// under a matching id before giving up.
@@ -133,7 +116,7 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 		node, id = next, makeID(base, next)
 		key, bkey = st.key(id), st.bkey(id)
 		backup = st.view.BackupOf(node, tried...)
-		w.primary, w.preq.Key, w.backup, w.breq.Key, w.release = node, key, backup, bkey, nil
+		w.primary, w.preq.Key, w.backup, w.breq.Key = node, key, backup, bkey
 		s.setID(id, false)
 		pErr, bErr, newCAS = st.replicate(ctx, &w, false)
 	}
@@ -144,7 +127,7 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 			// Neither copy exists any more: the session was deleted (or
 			// both nodes lost it) after it was loaded. Never recreate it.
 			st.stats.conflicts.Add(1)
-			return released, fmt.Errorf("%w: %s was deleted concurrently", ErrConflict, id)
+			return fmt.Errorf("%w: %s was deleted concurrently", ErrConflict, id)
 		}
 		// The backup copy was there and now holds this version, but the
 		// primary has none (it restarted empty, or a delete is under way).
@@ -157,10 +140,12 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 		// another node): write one now that the primary write succeeded,
 		// then make sure the primary was not deleted meanwhile (logout), or
 		// the new backup copy would bring the session back.
-		if bErr = st.writeBackup(ctx, backup, &w.breq); bErr == nil {
+		req := w.breq
+		req.Mode = meta.ModeSet // there is no copy to replace
+		if bErr = st.writeBackup(ctx, backup, &req); bErr == nil {
 			if err := st.confirmPrimary(ctx, node, key, exp, backup, bkey); err != nil {
 				st.stats.conflicts.Add(1)
-				return released, fmt.Errorf("%w: %s", ErrConflict, err)
+				return fmt.Errorf("%w: %s", ErrConflict, err)
 			}
 		}
 	}
@@ -172,7 +157,7 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 		backup, bErr = st.backupElsewhere(ctx, node, key, exp, &w.breq, backup)
 		if errors.Is(bErr, errConflict) {
 			st.stats.conflicts.Add(1)
-			return released, fmt.Errorf("%w: %s was deleted concurrently", ErrConflict, id)
+			return fmt.Errorf("%w: %s was deleted concurrently", ErrConflict, id)
 		}
 	} else if bErr != nil && !errors.Is(bErr, ops.ErrNotStored) {
 		st.stats.backupFailures.Add(1)
@@ -185,7 +170,7 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 		if backup != "" && bErr == nil {
 			st.repairBackup(ctx, node, key, backup, bkey, exp)
 		}
-		return released, fmt.Errorf("%w: %s", ErrConflict, id)
+		return fmt.Errorf("%w: %s", ErrConflict, id)
 	case errors.Is(pErr, replica.ErrNodeDown) && !isNew && backup != "" && bErr == nil:
 		// The new version is safe on the backup node: make it the primary,
 		// unless a parallel request already moved a version as new there.
@@ -198,16 +183,16 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 			s.mu.Unlock()
 			if errors.Is(err, ErrConflict) {
 				st.stats.conflicts.Add(1)
-				return released, fmt.Errorf("store: save %s: %w", id, err)
+				return fmt.Errorf("store: save %s: %w", id, err)
 			}
-			return released, fmt.Errorf("%w: save %s: primary: %w; relocation: %w", ErrUnavailable, id, pErr, err)
+			return fmt.Errorf("%w: save %s: primary: %w; relocation: %w", ErrUnavailable, id, pErr, err)
 		}
 		newCAS = s.cas()
 		st.log.Warn("session relocated on save after its primary failed", "from", id, "to", s.ID(), "cause", pErr)
 	case errors.Is(pErr, replica.ErrNodeDown):
-		return released, fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, pErr)
+		return fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, pErr)
 	default:
-		return released, fmt.Errorf("store: save %s: %w", id, pErr)
+		return fmt.Errorf("store: save %s: %w", id, pErr)
 	}
 	st.stats.saves.Add(1)
 	if backup == "" && !primaryLost {
@@ -224,25 +209,16 @@ func (st *Store) save(ctx context.Context, s *Session, lk *lock.Lock) (released 
 	if primaryLost {
 		st.log.Info("saved to the backup copy only: the primary had lost its copy and is restored on the next load", "id", id, "node", node)
 	}
-	return released, nil
+	return nil
 }
 
-// relResult is the outcome of a lock release pipelined with a save.
-type relResult struct {
-	sent bool  // the release was handled by save
-	err  error // its outcome (see lock.Lock.EndRelease)
-}
-
-// write is one replicated write: the primary copy (and the release of the
-// session lock after it, on the same connection), and the backup copy on
+// write is one replicated write: the primary copy, and the backup copy on
 // another node.
 type write struct {
-	primary    string
-	preq       meta.Request
-	release    *meta.Request // quiet compare-and-delete of the lock, or nil
-	releaseErr error         // its outcome
-	backup     string        // "" for no backup copy
-	breq       meta.Request
+	primary string
+	preq    meta.Request
+	backup  string // "" for no backup copy
+	breq    meta.Request
 }
 
 // replicate sends the primary and the backup write together (both are
@@ -253,8 +229,8 @@ type write struct {
 // and the primary's error is ops.ErrMiss.
 func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pErr, bErr error, cas uint64) {
 	var (
-		preqs   [3]meta.Request
-		pout    [3]meta.Response
+		preqs   [1]meta.Request
+		pout    [1]meta.Response
 		breqs   [1]meta.Request
 		bout    [1]meta.Response
 		batches [2]ops.Batch
@@ -262,12 +238,7 @@ func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pEr
 	list := batches[:0]
 	if !skipPrimary {
 		preqs[0] = w.preq
-		n := 1
-		if w.release != nil {
-			preqs[1], preqs[2] = *w.release, meta.Request{Command: meta.NoOp}
-			n = 3
-		}
-		list = append(list, ops.Batch{Node: w.primary, Reqs: preqs[:n], Out: pout[:n]})
+		list = append(list, ops.Batch{Node: w.primary, Reqs: preqs[:], Out: pout[:]})
 	}
 	if w.backup != "" {
 		breqs[0] = w.breq
@@ -277,12 +248,9 @@ func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pEr
 	if skipPrimary {
 		pErr = ops.ErrMiss
 	} else if err := list[0].Err; err != nil {
-		pErr, w.releaseErr = err, err
+		pErr = err
 	} else {
 		pErr, cas = ops.Answer(&pout[0]), pout[0].CAS
-		if w.release != nil {
-			w.releaseErr = ops.Answer(&pout[1])
-		}
 	}
 	if w.backup != "" {
 		b := list[len(list)-1]

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/stretchr/testify/require"
@@ -91,7 +92,7 @@ func TestRoundTripsPerOperation(t *testing.T) {
 			want: want{primary: 1, primaryCommands: 2},
 		},
 		{
-			name: "SaveAndRelease of a modified session: save and release in one batch on the primary, one set on the backup",
+			name: "SaveAndRelease of a modified session: the save (primary and backup in one round trip), then the release, sent without waiting",
 			prepare: func(t *testing.T, st *store.Store) (string, func() error, func()) {
 				id := saved(t, st, map[string]any{"n": 1}).ID()
 				s, err := st.LoadLocked(ctx, id)
@@ -99,12 +100,13 @@ func TestRoundTripsPerOperation(t *testing.T) {
 				require.NoError(t, s.Set("n", 2))
 				return id, func() error { return st.SaveAndRelease(ctx, s) }, func() {
 					require.False(t, s.Locked(), "released")
+					st.Wait() // the release's answer is read in the background
 					_, _, lkey := st.Keys(id)
 					_, err := get(t, c, nodeOf(id), lkey)
 					require.ErrorIs(t, err, memcache.ErrCacheMiss, "the lock item is gone")
 				}
 			},
-			want: want{primary: 1, backup: 1},
+			want: want{primary: 2, backup: 1, primaryCommands: 2},
 		},
 		{
 			name: "Save of a new session: one add on its primary, one set on its backup",
@@ -346,3 +348,65 @@ func TestTwoCopiesOrNoAcknowledgement(t *testing.T) {
 // makeIDOn returns session id moved to node: the same random part with
 // node's suffix.
 func makeIDOn(id, node string) string { return id[:len(id)-len(nodeOf(id))] + node }
+
+// TestLockHeldUntilBothCopiesAreStored: SaveAndRelease releases the lock
+// only once the backup write has been answered. Released earlier (say,
+// pipelined after the primary write), the next holder could load the new
+// version, save a newer one, and have its backup copy overwritten by this
+// save's late backup write: a stale backup, which a failover of the
+// primary would then bring back, losing an acknowledged change. Here the
+// backup node hangs during the save: the lock must stay held until the
+// save has put its backup copy on a live node.
+func TestLockHeldUntilBothCopiesAreStored(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	id := saved(t, st, map[string]any{"n": 1}).ID()
+	primary, backup, ok := st.Placement(id)
+	require.True(t, ok)
+	third := thirdNode(t, c, primary, backup)
+	_, bkey, lkey := st.Keys(id)
+
+	s, err := st.LoadLocked(ctx, id)
+	require.NoError(t, err)
+	require.NoError(t, s.Set("n", 2))
+	require.NoError(t, c.Node(backup).Pause())
+	done := make(chan error, 1)
+	go func() { done <- st.SaveAndRelease(ctx, s) }()
+	time.Sleep(100 * time.Millisecond) // the primary write is long done
+	it, err := get(t, c, primary, lkey)
+	require.NoError(t, err, "the lock is still held while the backup write is pending")
+	require.NotEmpty(t, it.Value)
+	require.NoError(t, <-done, "saved: the backup copy went to the third node")
+	require.NoError(t, c.Node(backup).Resume())
+	st.Wait()
+	_, err = get(t, c, primary, lkey)
+	require.ErrorIs(t, err, memcache.ErrCacheMiss, "released after the save")
+	it, err = get(t, c, third, bkey)
+	require.NoError(t, err)
+	require.Equal(t, uint32(2), it.Flags, "the backup copy on the third node holds version 2")
+}
+
+// TestSaveRewritesALostBackupCopy: the backup node restarted empty; the
+// next save finds no copy to replace there and writes one (then checks
+// that the primary still exists), so the session has two copies again.
+func TestSaveRewritesALostBackupCopy(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	id := saved(t, st, map[string]any{"n": 1}).ID()
+	_, backup, ok := st.Placement(id)
+	require.True(t, ok)
+	_, bkey, _ := st.Keys(id)
+	require.NoError(t, c.Node(backup).Restart(ctx))
+	_, err := get(t, c, backup, bkey)
+	require.ErrorIs(t, err, memcache.ErrCacheMiss, "the backup copy is gone")
+
+	var s *store.Session
+	require.Eventually(t, func() bool { s, err = st.Load(ctx, id); return err == nil }, 3*time.Second, 20*time.Millisecond)
+	require.NoError(t, s.Set("n", 2))
+	require.NoError(t, st.Save(ctx, s))
+	it, err := get(t, c, backup, bkey)
+	require.NoError(t, err, "the save wrote the backup copy again")
+	require.Equal(t, uint32(s.Version()), it.Flags)
+}
