@@ -141,14 +141,10 @@ func (m *Manager) Stats() Stats {
 	}
 }
 
-// Wait blocks until the background work of finished requests is done:
-// idle-timeout refreshes (each bounded by Options.TouchTimeout) and the
-// answers of lock releases (store.Store.Wait). Call it at shutdown, after
-// http.Server.Shutdown returned.
-func (m *Manager) Wait() {
-	m.bg.Wait()
-	m.st.Wait()
-}
+// Wait blocks until the background idle-timeout refreshes of finished
+// requests are done (each is bounded by Options.TouchTimeout). Call it at
+// shutdown, after http.Server.Shutdown returned.
+func (m *Manager) Wait() { m.bg.Wait() }
 
 // ignored reports whether r gets no session.
 func (m *Manager) ignored(r *http.Request) bool {

@@ -374,14 +374,14 @@ func (rs *reqState) finish() {
 	}
 }
 
-// release releases the session lock: the release is sent at once, its
-// answer is read in the background (the store logs a failure). Callers
-// hold rs.mu.
+// release releases the session lock. Callers hold rs.mu.
 func (rs *reqState) release() {
 	m := rs.m
 	ctx, cancel := m.commitContext(rs.ctx)
 	defer cancel()
-	m.st.ReleaseNoWait(ctx, rs.s)
+	if err := m.st.Release(ctx, rs.s); err != nil {
+		m.log.Warn("httpsession: session lock release failed", "id", rs.s.ID(), "err", err)
+	}
 }
 
 // abandon runs when the handler panicked: nothing is saved, the lock is

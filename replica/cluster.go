@@ -352,30 +352,6 @@ func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
 	}
 }
 
-// send starts one batch to node id through its breaker and returns the
-// function that reads its answers (see ops.View.Send).
-func (c *Cluster) send(ctx context.Context, id string, reqs []meta.Request, out []meta.Response) func() error {
-	n, ok := c.byID[id]
-	if !ok {
-		return func() error { return fmt.Errorf("%w: %q", ErrUnknownNode, id) }
-	}
-	if err := ctx.Err(); err != nil {
-		return func() error { return err }
-	}
-	done, err := n.breaker.Allow()
-	if err != nil {
-		err = fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
-		return func() error { return err }
-	}
-	call := new(meta.Call)
-	n.pool.Start(ctx, reqs, out, call)
-	return func() error {
-		err := call.Finish()
-		done(err)
-		return c.nodeError(id, err)
-	}
-}
-
 // nodeError turns the error of a batch on node id into what exec returns:
 // nil, a bad request as it is, an overloaded node (every connection busy
 // until the deadline) as ErrNodeBusy, any other failure as ErrNodeDown.
@@ -442,14 +418,11 @@ func (v view) Exec(ctx context.Context, node string, reqs []meta.Request, out []
 	return v.c.exec(ctx, node, reqs, out)
 }
 func (v view) ExecMany(ctx context.Context, batches []ops.Batch) { v.c.execMany(ctx, batches) }
-func (v view) Send(ctx context.Context, node string, reqs []meta.Request, out []meta.Response) func() error {
-	return v.c.send(ctx, node, reqs, out)
-}
-func (v view) Has(id string) bool                           { return v.c.Has(id) }
-func (v view) Healthy(id string) bool                       { return v.c.Healthy(id) }
-func (v view) PickNew() (string, error)                     { return v.c.pickNew() }
-func (v view) BackupOf(p string, exclude ...string) string  { return v.c.BackupOf(p, exclude...) }
-func (v view) BackupCandidates(p string) []string           { return v.c.backupCandidates(p) }
-func (v view) MarkOutage(id string)                         { v.c.markOutage(id) }
-func (v view) OutageWithin(id string, d time.Duration) bool { return v.c.outageWithin(id, d) }
-func (v view) Gone(id string) bool                          { return v.c.gone(id) }
+func (v view) Has(id string) bool                                { return v.c.Has(id) }
+func (v view) Healthy(id string) bool                            { return v.c.Healthy(id) }
+func (v view) PickNew() (string, error)                          { return v.c.pickNew() }
+func (v view) BackupOf(p string, exclude ...string) string       { return v.c.BackupOf(p, exclude...) }
+func (v view) BackupCandidates(p string) []string                { return v.c.backupCandidates(p) }
+func (v view) MarkOutage(id string)                              { v.c.markOutage(id) }
+func (v view) OutageWithin(id string, d time.Duration) bool      { return v.c.outageWithin(id, d) }
+func (v view) Gone(id string) bool                               { return v.c.gone(id) }

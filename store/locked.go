@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
-	"github.com/mcsession/mcsession/internal/meta"
 	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
@@ -126,65 +124,22 @@ func (st *Store) Release(ctx context.Context, s *Session) error {
 
 // SaveAndRelease saves s (when modified) and then releases its lock. The
 // release (the owner-checked compare-and-delete of the lock item) is sent
-// only once both copies of the session are stored, so that the next
-// holder of the lock never races a backup write of this one; its answer
-// is read in the background: SaveAndRelease returns without waiting for
-// it (a locked request then costs two round trips: lock and load, save),
-// and its outcome is counted in the lock's metrics and logged when the
-// lock turns out to be lost. The lock is released even when the save
-// fails; the save's error is returned.
+// only once both copies of the session are stored: released earlier, the
+// next holder of the lock could save a newer version whose backup copy
+// this save's backup write then overwrites (a stale backup copy that a
+// failover of the primary would bring back). The lock is released even
+// when the save fails; the save's error comes first.
 func (st *Store) SaveAndRelease(ctx context.Context, s *Session) error {
 	saveErr := st.Save(ctx, s)
-	st.ReleaseNoWait(ctx, s)
-	return saveErr
-}
-
-// ReleaseNoWait releases the session's lock, if it holds one, without
-// saving and without waiting for memcached's answer: the compare-and-delete
-// is sent before it returns and its answer is read in the background
-// (counted in the lock's metrics, logged when the lock turns out lost; see
-// Wait). Release is the variant that waits and returns the outcome.
-func (st *Store) ReleaseNoWait(ctx context.Context, s *Session) {
-	s.mu.Lock()
-	lk := s.lock
-	s.lock = nil
-	s.mu.Unlock()
-	if lk != nil {
-		st.releaseInBackground(ctx, lk)
+	relErr := st.Release(ctx, s)
+	if saveErr != nil {
+		return saveErr
 	}
-}
-
-// releaseInBackground sends the compare-and-delete of lk and reads its
-// answer in a goroutine (tracked, so Close can wait for it).
-func (st *Store) releaseInBackground(ctx context.Context, lk *lock.Lock) {
-	key, cas, err := lk.BeginRelease()
-	if key == "" {
-		if err != nil {
-			st.log.Warn("session lock lost before its release", "key", lk.Key(), "err", err)
-		}
-		return
+	if relErr != nil {
+		return fmt.Errorf("store: release %s: %w", s.ID(), relErr)
 	}
-	reqs := []meta.Request{{Command: meta.Delete, Key: key, CAS: cas}}
-	out := make([]meta.Response, 1)
-	finish := st.view.Send(context.WithoutCancel(ctx), lk.Node(), reqs, out)
-	st.background.Add(1)
-	go func() {
-		defer st.background.Done()
-		err := finish()
-		if err == nil {
-			err = ops.Answer(&out[0])
-		}
-		rctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
-		defer cancel()
-		if err := lk.EndRelease(rctx, err); err != nil {
-			st.log.Warn("session lock release failed", "key", key, "err", err)
-		}
-	}()
+	return nil
 }
-
-// releaseTimeout bounds the look at a lock item after a release found its
-// CAS id changed.
-const releaseTimeout = 2 * time.Second
 
 // Destroy deletes every item of s (see Delete) and then drops its lock;
 // a later Save of s returns ErrDestroyed. The lock is dropped after the

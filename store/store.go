@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -101,9 +100,6 @@ type Store struct {
 	refreshed  *refreshLog
 	log        *slog.Logger
 	stats      counters
-	// background tracks lock releases whose answers are read after
-	// SaveAndRelease returned (see Wait).
-	background sync.WaitGroup
 }
 
 // counters are the store's event counts.
@@ -184,11 +180,6 @@ func validPrefix(p string) bool {
 	}
 	return true
 }
-
-// Wait waits for the background work of SaveAndRelease (lock releases
-// whose answers are still being read) to end. Call it before closing the
-// cluster.
-func (st *Store) Wait() { st.background.Wait() }
 
 // Cluster returns the cluster the store writes to.
 func (st *Store) Cluster() *replica.Cluster { return st.cluster }

@@ -34,7 +34,6 @@ func newStore(t testing.TB, c *mcproc.Cluster, mod func(*store.Config)) *store.S
 	}
 	st, err := store.New(cfg)
 	require.NoError(t, err)
-	t.Cleanup(st.Wait) // before the cluster closes (cleanups run last first)
 	return st
 }
 

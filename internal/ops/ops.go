@@ -25,10 +25,6 @@ type View interface {
 	// is sent before any answer is read, so they share one round trip.
 	// Each batch's error is set in its Err.
 	ExecMany(ctx context.Context, batches []Batch)
-	// Send sends reqs to node through its breaker and returns at once; the
-	// returned finish reads the answers into out and returns Exec's error.
-	// finish must be called exactly once (from any goroutine).
-	Send(ctx context.Context, node string, reqs []meta.Request, out []meta.Response) (finish func() error)
 	// Has reports whether id names a configured node.
 	Has(id string) bool
 	// Healthy reports whether the node's breaker lets calls through.
