@@ -2,8 +2,9 @@
 // key holding a random owner token, acquired with exponential backoff and
 // jitter, renewed while held with a compare-and-set (only its owner can
 // extend it), and released only by its owner with a compare-and-delete.
-// Every step is one meta-protocol round trip; the acquisition can read
-// other keys of the same node in that round trip (lock and load).
+// Each step is one meta-protocol round trip (renewal and release read the
+// item once more when its CAS id changed under them); the acquisition can
+// read other keys of the same node in its round trip (lock and load).
 package lock
 
 import (
@@ -203,7 +204,8 @@ func (lk *Lock) Token() string { return string(lk.token) }
 // renewal and release). While someone else holds the lock it retries with
 // exponential backoff and jitter until Config.WaitTimeout passes
 // (ErrLockTimeout) or ctx ends (the context's error). A node that fails
-// returns an error wrapping replica.ErrNodeDown at once.
+// returns an error wrapping replica.ErrNodeDown at once (ErrNodeBusy when
+// every connection to it stayed busy).
 func (l *Locker) Acquire(ctx context.Context, node, key string) (*Lock, error) {
 	lk, _, err := l.AcquireAndGet(ctx, node, key)
 	return lk, err
@@ -223,7 +225,10 @@ func (l *Locker) Acquire(ctx context.Context, node, key string) (*Lock, error) {
 // a lock found holding one of them is ours, and is taken over under the
 // fresh token with a compare-and-set (so the cleanup cannot delete it).
 // So neither this call nor a later acquisition of key by this Locker waits
-// for a lock its own lost add left behind.
+// for a lock its own lost add left behind, as long as that add lands while
+// its token is remembered (up to the lock's TTL + 1 s after it was sent:
+// an add that a hung node applies later than that is not recognised, and
+// the lock then blocks the session until it expires).
 func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...string) (*Lock, []Item, error) {
 	// Every add carries a fresh token. orphans are the tokens of adds of
 	// this Locker whose outcome is unknown (earlier calls', and this
@@ -554,7 +559,11 @@ func (lk *Lock) Renew(ctx context.Context) error {
 	if errors.Is(err, ops.ErrCASConflict) {
 		// A renewal whose outcome was unknown may have changed the CAS id
 		// of our own item: look, and renew once more if it is ours.
-		if cur, ok := lk.ownCAS(ctx); ok {
+		cur, ok, gerr := lk.ownCAS(ctx)
+		switch {
+		case gerr != nil:
+			err = gerr // unknown: not lost; the next renewal looks again
+		case ok:
 			newCAS, err = ops.Store(ctx, lk.l.cluster, lk.node, meta.ModeSet,
 				&ops.Item{Key: lk.key, Value: lk.token, CAS: cur}, lk.l.exptime())
 		}
@@ -614,8 +623,8 @@ func (lk *Lock) Release(ctx context.Context) error {
 
 // BeginRelease stops renewal and returns what the owner-checked release
 // needs, for a caller that sends the compare-and-delete itself in a batch
-// of its own (package store pipelines it after a save): the lock key and
-// the CAS id of our item ("md <key> C<cas>"). It waits for a renewal in
+// of its own (Release does both steps): the lock key and the CAS id of our
+// item ("md <key> C<cas>"). It waits for a renewal in
 // flight. key is "" when the lock was released already; err is ErrLost
 // when it was lost. Report the delete's outcome with EndRelease.
 func (lk *Lock) BeginRelease() (key string, cas uint64, err error) {
@@ -645,7 +654,11 @@ func (lk *Lock) BeginRelease() (key string, cas uint64, err error) {
 // with its current CAS id.
 func (lk *Lock) EndRelease(ctx context.Context, err error) error {
 	if errors.Is(err, ops.ErrCASConflict) {
-		if cur, ok := lk.ownCAS(ctx); ok {
+		cur, ok, gerr := lk.ownCAS(ctx)
+		switch {
+		case gerr != nil:
+			err = gerr // unknown whether it is ours: reported, not taken as lost
+		case ok:
 			err = ops.Delete(ctx, lk.l.cluster, lk.node, lk.key, cur)
 		}
 	}
@@ -665,13 +678,20 @@ func (lk *Lock) EndRelease(ctx context.Context, err error) error {
 }
 
 // ownCAS reads the lock item and returns its CAS id when it holds our
-// token (the token is ours alone: an item holding it is our lock).
-func (lk *Lock) ownCAS(ctx context.Context) (uint64, bool) {
+// token (the token is ours alone: an item holding it is our lock); ok is
+// false when it is gone or someone else's, err set when the read failed.
+func (lk *Lock) ownCAS(ctx context.Context) (cas uint64, ok bool, err error) {
 	it, err := ops.Get(ctx, lk.l.cluster, lk.node, lk.key)
-	if err != nil || string(it.Value) != string(lk.token) {
-		return 0, false
+	if errors.Is(err, ops.ErrMiss) {
+		return 0, false, nil
 	}
-	return it.CAS, true
+	if err != nil {
+		return 0, false, err
+	}
+	if string(it.Value) != string(lk.token) {
+		return 0, false, nil
+	}
+	return it.CAS, true, nil
 }
 
 // CAS returns the CAS id of the lock item as last written by us.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mcsession/mcsession/integration/mcproc"
 	"github.com/mcsession/mcsession/internal/meta"
+	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
 )
@@ -58,7 +59,13 @@ func failAcquireWhilePaused(t *testing.T, mc *mcproc.Cluster, l *lock.Locker, ke
 	}
 	start := time.Now()
 	lk, err := l.Acquire(ctx, "n1", key)
-	require.ErrorIs(t, err, replica.ErrNodeDown)
+	if cancelAfter > 0 {
+		// Cut short by the caller, not a failure of the node.
+		require.ErrorIs(t, err, context.Canceled)
+		require.NotErrorIs(t, err, replica.ErrNodeDown)
+	} else {
+		require.ErrorIs(t, err, replica.ErrNodeDown)
+	}
 	require.ErrorIs(t, err, meta.ErrUnknownOutcome, "the add was sent")
 	require.NotErrorIs(t, err, lock.ErrLockTimeout)
 	require.Nil(t, lk)
@@ -455,4 +462,29 @@ func TestOwnLockWithAChangedCAS(t *testing.T) {
 	require.NotNil(t, it)
 	require.Equal(t, "someone-else", string(it.Value))
 	require.Equal(t, uint64(2), l.Metrics().Released, "two releases of our own locks")
+}
+
+// TestReleaseLookFailureIsNotLost: after a CAS mismatch the release looks
+// at the lock item; when that look fails (here: a canceled context), the
+// outcome is unknown and is reported as an error, not as a lost lock.
+func TestReleaseLookFailureIsNotLost(t *testing.T) {
+	t.Parallel()
+	mc, rc := newCluster(t, 1)
+	l := newLocker(t, rc, lock.Config{TTL: 30 * time.Second, RenewEvery: -1})
+	ctx := context.Background()
+	lk, err := l.Acquire(ctx, "n1", "lock:look")
+	require.NoError(t, err)
+	it := lockItem(t, mc, "n1", lk.Key())
+	require.NoError(t, mc.Node("n1").Client().Set(&memcache.Item{Key: lk.Key(), Value: it.Value, Expiration: 30})) // CAS changes, token stays
+
+	key, cas, err := lk.BeginRelease()
+	require.NoError(t, err)
+	require.Equal(t, lk.Key(), key)
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	err = lk.EndRelease(canceled, fmt.Errorf("md %s C%d: %w", key, cas, ops.ErrCASConflict))
+	require.Error(t, err)
+	require.NotErrorIs(t, err, lock.ErrLost)
+	require.False(t, lk.Lost())
+	require.Zero(t, l.Metrics().Lost)
 }

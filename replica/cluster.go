@@ -131,8 +131,13 @@ func New(cfg Config) (*Cluster, error) {
 			},
 			// Answers (a miss, "not stored", a CAS mismatch) are responses,
 			// not errors, so only failures of the node reach the breaker.
+			// So are batches cut short by the caller's context, a full pool
+			// (the node is busy, not down) and requests refused before
+			// sending. A dial or read timeout of the node itself counts
+			// (Go's dial timeout also matches context.DeadlineExceeded, so
+			// the caller's context decides, see execMany).
 			IsExcluded: func(err error) bool {
-				return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+				return errors.Is(err, errCallerContext) || errors.Is(err, meta.ErrPoolTimeout) ||
 					errors.Is(err, meta.ErrBadRequest)
 			},
 			// Runs under the breaker's mutex: only log, never call the breaker.
@@ -287,7 +292,7 @@ func (c *Cluster) backupCandidates(primary string) []string {
 
 // exec sends reqs as one batch to node id through the node's breaker.
 // Answers (miss, not stored, CAS mismatch) are left in out; failures of
-// the node are wrapped with ErrNodeDown. The transport never retries a
+// the node are wrapped with ErrNodeDown (see nodeError). The transport never retries a
 // batch that may have reached the server.
 func (c *Cluster) exec(ctx context.Context, id string, reqs []meta.Request, out []meta.Response) error {
 	b := [1]ops.Batch{{Node: id, Reqs: reqs, Out: out}}
@@ -318,9 +323,13 @@ func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
 			return
 		}
 		err := calls[i].Finish()
-		dones[i](err)
+		if err != nil && callerEnded(ctx) != nil {
+			dones[i](errCallerContext) // not the node's fault
+		} else {
+			dones[i](err)
+		}
 		dones[i] = nil
-		batches[i].Err = c.nodeError(batches[i].Node, err)
+		batches[i].Err = c.nodeError(ctx, batches[i].Node, err)
 	}
 	for i := range batches {
 		b := &batches[i]
@@ -355,9 +364,16 @@ func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
 // nodeError turns the error of a batch on node id into what exec returns:
 // nil, a bad request as it is, an overloaded node (every connection busy
 // until the deadline) as ErrNodeBusy, any other failure as ErrNodeDown.
-func (c *Cluster) nodeError(id string, err error) error {
+//
+// A batch that failed while the caller's context ended is reported with
+// the context's error, not as a node failure: the node is not to blame,
+// and sessions must not be moved off it.
+func (c *Cluster) nodeError(ctx context.Context, id string, err error) error {
 	if err == nil || errors.Is(err, meta.ErrBadRequest) {
 		return err
+	}
+	if cerr := callerEnded(ctx); cerr != nil {
+		return fmt.Errorf("replica: %s: %w (%w)", id, cerr, err)
 	}
 	n := c.byID[id]
 	if errors.Is(err, meta.ErrPoolTimeout) {
@@ -406,6 +422,24 @@ func (c *Cluster) PoolStats() []PoolStats {
 	}
 	return out
 }
+
+// callerEnded returns ctx's error when it ended, or
+// context.DeadlineExceeded once its deadline has passed (a batch's read
+// deadline is ctx's deadline when that is the earlier one, and can fire
+// just before ctx reports its end); nil otherwise.
+func callerEnded(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// errCallerContext marks, for the breaker, a batch cut short by the
+// caller's context.
+var errCallerContext = errors.New("replica: caller's context ended")
 
 // opsHandle is ops.Handle under a name that keeps the embedded field
 // unexported.

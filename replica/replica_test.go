@@ -3,6 +3,7 @@ package replica_test
 import (
 	"context"
 	"errors"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -260,4 +261,41 @@ func TestExecManyCrossedNeverWaitForEachOther(t *testing.T) {
 	for _, st := range cl.Status() {
 		require.Equal(t, "closed", st.State)
 	}
+}
+
+// TestBreakerCountsNodeTimeoutsNotCallerDeadlines: a host that never
+// accepts connections (dial timeout) opens its breaker like a refused one;
+// callers whose own deadline ends mid-batch do not count against a node.
+func TestBreakerCountsNodeTimeoutsNotCallerDeadlines(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	nodes, err := replica.ParseNodes(c.Spec())
+	require.NoError(t, err)
+	hangAddr := nodes[1].Addr
+	cl, err := replica.New(replica.Config{Nodes: nodes, Timeout: 100 * time.Millisecond,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr == hangAddr {
+				<-ctx.Done() // an unreachable host: the dial times out
+				return nil, ctx.Err()
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cl.Close() })
+	ctx := context.Background()
+	for range replica.DefaultFailureThreshold {
+		require.ErrorIs(t, cl.Ping(ctx, "n2"), replica.ErrNodeDown)
+	}
+	require.False(t, cl.Healthy("n2"), "dial timeouts opened the breaker")
+
+	require.NoError(t, c.Node("n1").Pause())
+	t.Cleanup(func() { _ = c.Node("n1").Resume() })
+	for range 2 * replica.DefaultFailureThreshold {
+		short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		err := cl.Ping(short, "n1")
+		cancel()
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.NotErrorIs(t, err, replica.ErrNodeDown, "the caller's deadline, not the node's failure")
+	}
+	require.True(t, cl.Healthy("n1"))
+	require.Zero(t, cl.Status()[0].ConsecutiveFailures)
 }

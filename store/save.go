@@ -140,28 +140,27 @@ func (st *Store) save(ctx context.Context, s *Session) error {
 		// another node): write one now that the primary write succeeded,
 		// then make sure the primary was not deleted meanwhile (logout), or
 		// the new backup copy would bring the session back.
-		req := w.breq
-		req.Mode = meta.ModeSet // there is no copy to replace
-		if bErr = st.writeBackup(ctx, backup, &req); bErr == nil {
+		if bErr = st.writeBackupIfNewer(ctx, backup, &w.breq, version); bErr == nil {
 			if err := st.confirmPrimary(ctx, node, key, exp, backup, bkey); err != nil {
 				st.stats.conflicts.Add(1)
 				return fmt.Errorf("%w: %s", ErrConflict, err)
 			}
 		}
 	}
-	if pErr == nil && (errors.Is(bErr, replica.ErrNodeDown) || errors.Is(bErr, replica.ErrNodeBusy)) {
-		// Two copies or no acknowledgement: the backup node failed, so the
+	if pErr == nil && bErr != nil && !errors.Is(bErr, ops.ErrNotStored) {
+		// Two copies or no acknowledgement: the backup write failed, so the
 		// copy goes to the next usable node before the save returns.
 		st.stats.backupFailures.Add(1)
 		st.log.Warn("backup write failed: writing the backup copy to the next node", "id", id, "node", backup, "err", bErr)
-		backup, bErr = st.backupElsewhere(ctx, node, key, exp, &w.breq, backup)
-		if errors.Is(bErr, errConflict) {
+		backup, bErr = st.backupElsewhere(ctx, node, key, exp, &w.breq, version, backup)
+		switch {
+		case errors.Is(bErr, errConflict):
 			st.stats.conflicts.Add(1)
 			return fmt.Errorf("%w: %s was deleted concurrently", ErrConflict, id)
+		case bErr != nil:
+			// Stored on the primary, but no second copy is confirmed.
+			return fmt.Errorf("%w: save %s: no second copy: %w", ErrUnavailable, id, bErr)
 		}
-	} else if bErr != nil && !errors.Is(bErr, ops.ErrNotStored) {
-		st.stats.backupFailures.Add(1)
-		st.log.Warn("backup write failed: session saved on its primary only", "id", id, "node", backup, "err", bErr)
 	}
 	switch {
 	case pErr == nil:
@@ -279,28 +278,66 @@ var errConflict = errors.New("deleted concurrently")
 // primary other than failed, once the primary write succeeded, then makes
 // sure the primary was not deleted meanwhile (errConflict; the new copy is
 // removed again). It returns the node that holds the copy, or "" with a
-// nil error when no other node is usable; each failed attempt is counted
-// and logged.
-func (st *Store) backupElsewhere(ctx context.Context, primary, key string, exp int32, breq *meta.Request, failed string) (string, error) {
-	req := *breq
-	req.Mode = meta.ModeSet // the new node has no copy to replace
+// nil error when no other node is usable (every one failed, or none is
+// healthy); each failed attempt is counted and logged. It stops with ctx's
+// error when ctx ends.
+func (st *Store) backupElsewhere(ctx context.Context, primary, key string, exp int32, breq *meta.Request, version uint64, failed string) (string, error) {
 	tried := []string{failed}
 	for {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
 		alt := st.view.BackupOf(primary, tried...)
 		if alt == "" {
 			return "", nil
 		}
 		tried = append(tried, alt)
-		err := st.writeBackup(ctx, alt, &req)
+		err := st.writeBackupIfNewer(ctx, alt, breq, version)
 		if err == nil {
-			if cerr := st.confirmPrimary(ctx, primary, key, exp, alt, req.Key); cerr != nil {
+			if cerr := st.confirmPrimary(ctx, primary, key, exp, alt, breq.Key); cerr != nil {
 				return alt, errConflict
 			}
 			return alt, nil
 		}
+		if cerr := ctx.Err(); cerr != nil {
+			return "", cerr
+		}
 		st.stats.backupFailures.Add(1)
 		st.log.Warn("backup write failed", "node", alt, "err", err)
 	}
+}
+
+// writeBackupIfNewer writes the backup copy req (of version) on a node
+// where there was none, or where the copy there is older: add, and when a
+// copy is there, a compare-and-set over it only while its version (in the
+// client flags) is lower. A copy as new or newer (a concurrent save got
+// there first) is left alone and counts as written.
+func (st *Store) writeBackupIfNewer(ctx context.Context, node string, req *meta.Request, version uint64) error {
+	add := *req
+	add.Mode, add.CAS = meta.ModeAdd, 0
+	for attempt := 0; attempt < 3; attempt++ {
+		err := st.writeBackup(ctx, node, &add)
+		if !errors.Is(err, ops.ErrNotStored) {
+			return err
+		}
+		it, err := ops.Get(ctx, st.view, node, add.Key)
+		if errors.Is(err, ops.ErrMiss) {
+			continue // gone meanwhile: add again
+		}
+		if err != nil {
+			return err
+		}
+		if it.Flags >= flagsOf(version) {
+			return nil
+		}
+		set := add
+		set.Mode, set.CAS = meta.ModeSet, it.CAS
+		err = st.writeBackup(ctx, node, &set)
+		if err == nil || !errors.Is(err, ops.ErrCASConflict) && !errors.Is(err, ops.ErrMiss) {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: backup copy %s kept changing", ErrConflict, add.Key)
 }
 
 // confirmPrimary checks that the primary copy still exists after a backup

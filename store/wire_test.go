@@ -50,9 +50,10 @@ func thirdNode(t testing.TB, c *mcproc.Cluster, primary, backup string) string {
 }
 
 // TestRoundTripsPerOperation counts the batches each node's pool sends for
-// the request shapes of an app server: every operation costs one round trip
-// on the primary (lock and load pipelined, save and release pipelined) and,
-// for a write, one on the backup node; the third node is never contacted.
+// the request shapes of an app server: lock and load is one round trip on
+// the primary, a save one on the primary and one on the backup node (sent
+// together), a release one more on the primary; the third node is never
+// contacted.
 func TestRoundTripsPerOperation(t *testing.T) {
 	c := mcproc.NewCluster(t, 3)
 	ctx := context.Background()
@@ -407,4 +408,66 @@ func TestSaveRewritesALostBackupCopy(t *testing.T) {
 	it, err := get(t, c, backup, bkey)
 	require.NoError(t, err, "the save wrote the backup copy again")
 	require.Equal(t, uint32(s.Version()), it.Flags)
+}
+
+// TestNoSingleCopyAckWhenTheContextEnds: the backup node hangs and the
+// caller's context ends while the save looks for another node: the save
+// must not be acknowledged as if no second node were usable.
+func TestNoSingleCopyAckWhenTheContextEnds(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	id := saved(t, st, map[string]any{"n": 1}).ID()
+	_, backup, ok := st.Placement(id)
+	require.True(t, ok)
+	s, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	require.NoError(t, s.Set("n", 2))
+	require.NoError(t, c.Node(backup).Pause())
+	t.Cleanup(func() { _ = c.Node(backup).Resume() })
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	err = st.Save(short, s)
+	require.Error(t, err, "no second copy is confirmed")
+	require.Zero(t, st.Stats().SingleCopySaves)
+}
+
+// TestBackupElsewhereKeepsANewerCopy: the copy written to the next node
+// when the backup node fails never replaces a newer copy found there (a
+// concurrent save put it there), and does replace an older one.
+func TestBackupElsewhereKeepsANewerCopy(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		there    uint32 // version of the copy already on the third node
+		wantKept bool
+	}{
+		{"newer copy kept", 99, true},
+		{"older copy replaced", 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := mcproc.NewCluster(t, 3)
+			st := newStore(t, c, nil)
+			ctx := context.Background()
+			id := saved(t, st, map[string]any{"n": 1}).ID()
+			primary, backup, ok := st.Placement(id)
+			require.True(t, ok)
+			third := thirdNode(t, c, primary, backup)
+			_, bkey, _ := st.Keys(id)
+			require.NoError(t, c.Node(third).Client().Set(&memcache.Item{Key: bkey, Value: []byte("there"), Flags: tc.there, Expiration: 60}))
+
+			s, err := st.Load(ctx, id)
+			require.NoError(t, err)
+			require.NoError(t, s.Set("n", 2))
+			require.NoError(t, c.Node(backup).Kill())
+			require.NoError(t, st.Save(ctx, s))
+			it, err := get(t, c, third, bkey)
+			require.NoError(t, err)
+			if tc.wantKept {
+				require.Equal(t, "there", string(it.Value))
+				require.Equal(t, tc.there, it.Flags)
+			} else {
+				require.Equal(t, uint32(s.Version()), it.Flags)
+			}
+		})
+	}
 }

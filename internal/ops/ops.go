@@ -18,8 +18,10 @@ import (
 type View interface {
 	// Exec sends reqs as one batch to node through its breaker and fills
 	// out with the answers. Errors of the node wrap replica.ErrNodeDown
-	// (and meta.ErrNotSent or meta.ErrUnknownOutcome); answers such as a
-	// miss or a CAS mismatch are in out, never errors.
+	// (replica.ErrNodeBusy when every connection stayed busy, the
+	// context's error when ctx ended), with meta.ErrNotSent or
+	// meta.ErrUnknownOutcome; answers such as a miss or a CAS mismatch
+	// are in out, never errors.
 	Exec(ctx context.Context, node string, reqs []meta.Request, out []meta.Response) error
 	// ExecMany is Exec for batches to several nodes at once: every batch
 	// is sent before any answer is read, so they share one round trip.
