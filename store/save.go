@@ -32,16 +32,6 @@ import (
 // the next usable node before Save returns. With a single usable node the
 // save succeeds with one copy (counted in Stats.SingleCopySaves, logged).
 func (st *Store) Save(ctx context.Context, s *Session) error {
-	return st.save(ctx, s)
-}
-
-// flagsOf is the client flags value stored with a copy: the low 32 bits of
-// its envelope version, so that "mg <key> f" tells a copy's version
-// without its body.
-func flagsOf(version uint64) uint32 { return uint32(version) }
-
-// save is Save.
-func (st *Store) save(ctx context.Context, s *Session) error {
 	s.mu.Lock()
 	isNew, unchanged, casID, id, destroyed := s.isNew, s.changes == s.saved, s.casID, s.id, s.destroyed
 	s.mu.Unlock()
@@ -210,6 +200,11 @@ func (st *Store) save(ctx context.Context, s *Session) error {
 	}
 	return nil
 }
+
+// flagsOf is the client flags value stored with a copy: the low 32 bits of
+// its envelope version, so that "mg <key> f" tells a copy's version
+// without its body.
+func flagsOf(version uint64) uint32 { return uint32(version) }
 
 // write is one replicated write: the primary copy, and the backup copy on
 // another node.
