@@ -15,8 +15,9 @@ func (st *Store) Locker() *lock.Locker { return st.locker }
 
 // LoadLocked takes the session's lock and loads it in one round trip: an
 // add of the lock key on the session's primary node and a read of the
-// session, pipelined on one connection. It waits for a lock held by another request
-// (see lock.Config) and returns an error wrapping lock.ErrLockTimeout when
+// session, pipelined on one connection. It waits for a lock held by
+// another request (see lock.Config) and returns an error wrapping
+// lock.ErrLockTimeout when
 // it stays held. When the primary is down, the session is relocated first
 // and locked on its new primary. On ErrNotFound no lock is held.
 //
