@@ -614,20 +614,18 @@ func (lk *Lock) HeldFor() time.Duration { return time.Since(lk.acquired) }
 // expired and someone else holds it now, nothing is deleted and ErrLost
 // is returned. A second Release is a no-op.
 func (lk *Lock) Release(ctx context.Context) error {
-	key, cas, err := lk.BeginRelease()
+	key, cas, err := lk.beginRelease()
 	if err != nil || key == "" {
 		return err
 	}
-	return lk.EndRelease(ctx, ops.Delete(ctx, lk.l.cluster, lk.node, key, cas))
+	return lk.endRelease(ctx, ops.Delete(ctx, lk.l.cluster, lk.node, key, cas))
 }
 
-// BeginRelease stops renewal and returns what the owner-checked release
-// needs, for a caller that sends the compare-and-delete itself in a batch
-// of its own (Release does both steps): the lock key and the CAS id of our
-// item ("md <key> C<cas>"). It waits for a renewal in
-// flight. key is "" when the lock was released already; err is ErrLost
-// when it was lost. Report the delete's outcome with EndRelease.
-func (lk *Lock) BeginRelease() (key string, cas uint64, err error) {
+// beginRelease stops renewal and returns what the owner-checked release
+// needs: the lock key and the CAS id of our item ("md <key> C<cas>"). It
+// waits for a renewal in flight. key is "" when the lock was released
+// already; err is ErrLost when it was lost. Report the delete's outcome with endRelease.
+func (lk *Lock) beginRelease() (key string, cas uint64, err error) {
 	lk.op.Lock()
 	defer lk.op.Unlock()
 	lk.mu.Lock()
@@ -645,14 +643,14 @@ func (lk *Lock) BeginRelease() (key string, cas uint64, err error) {
 	return lk.key, lk.cas, nil
 }
 
-// EndRelease records the outcome of the compare-and-delete started with
-// BeginRelease: err is nil when it deleted our item, an error wrapping a
+// endRelease records the outcome of the compare-and-delete started with
+// beginRelease: err is nil when it deleted our item, an error wrapping a
 // CAS mismatch or a miss when the lock was no longer ours (ErrLost is
 // returned), or a failure of the node (returned wrapped). On a CAS
 // mismatch it reads the lock item once: when it still holds our token (a
 // renewal whose outcome was unknown changed its CAS id), it is deleted
 // with its current CAS id.
-func (lk *Lock) EndRelease(ctx context.Context, err error) error {
+func (lk *Lock) endRelease(ctx context.Context, err error) error {
 	if errors.Is(err, ops.ErrCASConflict) {
 		cur, ok, gerr := lk.ownCAS(ctx)
 		switch {
