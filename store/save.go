@@ -137,6 +137,11 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 			}
 		}
 	}
+	if pErr == nil && bErr != nil && !errors.Is(bErr, ops.ErrNotStored) && !nodeFault(bErr) {
+		// Not the backup node's fault (the caller's context ended): no
+		// second copy is confirmed, and no other node is tried.
+		return fmt.Errorf("%w: save %s: backup copy: %w", ErrUnavailable, id, bErr)
+	}
 	if pErr == nil && bErr != nil && !errors.Is(bErr, ops.ErrNotStored) {
 		// Two copies or no acknowledgement: the backup write failed, so the
 		// copy goes to the next usable node before the save returns.
@@ -255,16 +260,6 @@ func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pEr
 	return pErr, bErr, cas
 }
 
-// writeBackup sends one backup write and returns its error or answer.
-func (st *Store) writeBackup(ctx context.Context, node string, req *meta.Request) error {
-	reqs := [1]meta.Request{*req}
-	var out [1]meta.Response
-	if err := st.view.Exec(ctx, node, reqs[:], out[:]); err != nil {
-		return err
-	}
-	return ops.Answer(&out[0])
-}
-
 // errConflict is backupElsewhere's report that the primary copy was
 // deleted while the backup copy was written.
 var errConflict = errors.New("deleted concurrently")
@@ -294,12 +289,19 @@ func (st *Store) backupElsewhere(ctx context.Context, primary, key string, exp i
 			}
 			return alt, nil
 		}
-		if cerr := ctx.Err(); cerr != nil {
-			return "", cerr
+		if !nodeFault(err) {
+			return "", err // the caller's context ended, or the copy kept changing
 		}
 		st.stats.backupFailures.Add(1)
 		st.log.Warn("backup write failed", "node", alt, "err", err)
 	}
+}
+
+// nodeFault reports whether err is a failure of the node written to (down,
+// busy, or a SERVER_ERROR answer such as out of memory), after which the
+// next node may be tried; anything else (the caller's context) stops.
+func nodeFault(err error) bool {
+	return errors.Is(err, replica.ErrNodeDown) || errors.Is(err, replica.ErrNodeBusy) || errors.Is(err, meta.ErrServer)
 }
 
 // writeBackupIfNewer writes the backup copy req (of version) on a node
@@ -311,7 +313,7 @@ func (st *Store) writeBackupIfNewer(ctx context.Context, node string, req *meta.
 	add := *req
 	add.Mode, add.CAS = meta.ModeAdd, 0
 	for attempt := 0; attempt < 3; attempt++ {
-		err := st.writeBackup(ctx, node, &add)
+		err := ops.Write(ctx, st.view, node, add)
 		if !errors.Is(err, ops.ErrNotStored) {
 			return err
 		}
@@ -327,7 +329,7 @@ func (st *Store) writeBackupIfNewer(ctx context.Context, node string, req *meta.
 		}
 		set := add
 		set.Mode, set.CAS = meta.ModeSet, it.CAS
-		err = st.writeBackup(ctx, node, &set)
+		err = ops.Write(ctx, st.view, node, set)
 		if err == nil || !errors.Is(err, ops.ErrCASConflict) && !errors.Is(err, ops.ErrMiss) {
 			return err
 		}

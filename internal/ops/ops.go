@@ -124,14 +124,31 @@ func ItemOf(key string, r *meta.Response) (Item, error) {
 	return Item{Key: key, Value: r.Value, Flags: r.Flags, CAS: r.CAS, TTL: r.TTL}, nil
 }
 
-// Get reads one item from node; ErrMiss when absent.
-func Get(ctx context.Context, v View, node, key string) (Item, error) {
-	reqs := [1]meta.Request{GetRequest(key)}
+// Do sends one request to node and returns its answer. The error is a
+// failure of the node, or the answer as an error (see Answer).
+func Do(ctx context.Context, v View, node string, req meta.Request) (meta.Response, error) {
+	reqs := [1]meta.Request{req}
 	var out [1]meta.Response
 	if err := v.Exec(ctx, node, reqs[:], out[:]); err != nil {
+		return meta.Response{}, err
+	}
+	return out[0], Answer(&out[0])
+}
+
+// Write is Do for a request whose answer only matters as an error (a
+// store, a touch, a delete).
+func Write(ctx context.Context, v View, node string, req meta.Request) error {
+	_, err := Do(ctx, v, node, req)
+	return err
+}
+
+// Get reads one item from node; ErrMiss when absent.
+func Get(ctx context.Context, v View, node, key string) (Item, error) {
+	r, err := Do(ctx, v, node, GetRequest(key))
+	if err != nil {
 		return Item{}, err
 	}
-	return ItemOf(key, &out[0])
+	return Item{Key: key, Value: r.Value, Flags: r.Flags, CAS: r.CAS, TTL: r.TTL}, nil
 }
 
 // GetMulti reads several keys from node in one batch; the map holds those
@@ -162,34 +179,21 @@ func GetMulti(ctx context.Context, v View, node string, keys []string) (map[stri
 // Store writes it on node in mode (with it.CAS as compare-and-set when
 // non-zero) with exptime exp, and returns the new CAS id.
 func Store(ctx context.Context, v View, node string, mode meta.SetMode, it *Item, exp int32) (uint64, error) {
-	reqs := [1]meta.Request{{Command: meta.Set, Key: it.Key, Value: it.Value, Mode: mode, CAS: it.CAS, TTL: exp, Flags: it.Flags, ReturnCAS: true}}
-	var out [1]meta.Response
-	if err := v.Exec(ctx, node, reqs[:], out[:]); err != nil {
+	r, err := Do(ctx, v, node, meta.Request{Command: meta.Set, Key: it.Key, Value: it.Value, Mode: mode,
+		CAS: it.CAS, TTL: exp, Flags: it.Flags, ReturnCAS: true})
+	if err != nil {
 		return 0, err
 	}
-	if err := Answer(&out[0]); err != nil {
-		return 0, err
-	}
-	return out[0].CAS, nil
+	return r.CAS, nil
 }
 
 // Touch sets key's exptime without rewriting it; ErrMiss when absent.
 func Touch(ctx context.Context, v View, node, key string, exp int32) error {
-	reqs := [1]meta.Request{{Command: meta.Get, Key: key, Touch: true, TTL: exp}}
-	var out [1]meta.Response
-	if err := v.Exec(ctx, node, reqs[:], out[:]); err != nil {
-		return err
-	}
-	return Answer(&out[0])
+	return Write(ctx, v, node, meta.Request{Command: meta.Get, Key: key, Touch: true, TTL: exp})
 }
 
 // Delete removes key (only when its CAS id is cas, when cas is non-zero);
 // ErrMiss when absent, ErrCASConflict when the CAS id differs.
 func Delete(ctx context.Context, v View, node, key string, cas uint64) error {
-	reqs := [1]meta.Request{{Command: meta.Delete, Key: key, CAS: cas}}
-	var out [1]meta.Response
-	if err := v.Exec(ctx, node, reqs[:], out[:]); err != nil {
-		return err
-	}
-	return Answer(&out[0])
+	return Write(ctx, v, node, meta.Request{Command: meta.Delete, Key: key, CAS: cas})
 }
