@@ -34,9 +34,9 @@
 // Options.Locking selects how requests of the same session are serialised:
 // LockAll (the default) locks every request that uses an existing session,
 // LockNone locks none, LockAuto learns per route which requests never
-// modify the session and stops locking them, and LockPattern locks the
+// modify the session and stops locking them, and LockMatching locks the
 // requests whose "METHOD PATH" matches a regular expression. ForceLock,
-// SkipLock and SetLocking override the mode for one handler or request,
+// SkipLock and OverrideLocking override the mode for one handler or request,
 // and Session.Lock takes the lock lazily in the middle of a request.
 //
 // Saves are guarded by memcached CAS whatever the mode, so a request that

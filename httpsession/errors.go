@@ -13,9 +13,9 @@ import (
 var (
 	// ErrNoSession is returned by the methods of a nil *Session, which
 	// FromContext returns for a request that did not go through the
-	// middleware or was ignored, and by SetLocking for such a request.
+	// middleware or was ignored, and by OverrideLocking for such a request.
 	ErrNoSession = errors.New("httpsession: no session for this request")
-	// ErrAlreadyLoaded is returned by SetLocking when the session of the
+	// ErrAlreadyLoaded is returned by OverrideLocking when the session of the
 	// request was used already: locking is decided at the first use.
 	ErrAlreadyLoaded = errors.New("httpsession: session already in use; set locking before the first use")
 	// ErrRequestDone is returned by the methods of a Session whose request

@@ -86,7 +86,7 @@ func ExampleForceLock() {
 		if err != nil {
 			return
 		}
-		_ = s.Delete("cart")
+		_ = s.Remove("cart")
 		fmt.Fprintf(w, "ordered %d items\n", len(cart))
 	})))
 	log.Fatal(http.ListenAndServe(":8080", m.Middleware(mux)))
@@ -108,11 +108,11 @@ func ExampleSession_Lock() {
 	http.HandleFunc("/", handler)
 }
 
-func ExampleSetLocking() {
+func ExampleOverrideLocking() {
 	handler := func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Has("readonly") {
 			// Before the first use of the session.
-			_ = httpsession.SetLocking(r, httpsession.Skip)
+			_ = httpsession.OverrideLocking(r, httpsession.SkipLocking)
 		}
 		user, _, _ := httpsession.Get[string](httpsession.FromContext(r.Context()), "user")
 		fmt.Fprintln(w, user)

@@ -137,7 +137,7 @@ func sleepParam(r *http.Request) {
 //	GET  /read?id=x&sleep=ms   reads "k", records enter/exit times under x
 //	POST /incr?key=k&sleep=ms  increments k (sleeping after the load)
 //	     /force/incr, /skip/incr         the same wrapped in ForceLock/SkipLock
-//	     /setlocking/incr?flag=force|skip  SetLocking before the first use
+//	     /setlocking/incr?flag=force|skip  OverrideLocking before the first use
 //	     /lazy/incr            Session.Lock first, then incr
 //	POST /late?key=k&flush=1   writes the body (and flushes), then increments
 //	POST /login?user=u         RenewID, then sets "user"
@@ -203,11 +203,11 @@ func testMux(t testing.TB, m *httpsession.Manager, rec *recorder) http.Handler {
 	mux.Handle("POST /force/incr", httpsession.ForceLock(http.HandlerFunc(incr)))
 	mux.Handle("POST /skip/incr", httpsession.SkipLock(http.HandlerFunc(incr)))
 	mux.HandleFunc("POST /setlocking/incr", func(w http.ResponseWriter, r *http.Request) {
-		f := httpsession.Skip
+		f := httpsession.SkipLocking
 		if r.URL.Query().Get("flag") == "force" {
-			f = httpsession.Force
+			f = httpsession.ForceLocking
 		}
-		if err := httpsession.SetLocking(r, f); err != nil {
+		if err := httpsession.OverrideLocking(r, f); err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}

@@ -8,33 +8,33 @@ import (
 	"sync/atomic"
 )
 
-// LockFlag overrides the Manager's locking mode for one request.
-type LockFlag int
+// LockOverride overrides the Manager's locking mode for one request.
+type LockOverride int
 
 const (
-	// ByMode leaves the decision to Options.Locking (the zero value).
-	ByMode LockFlag = iota
-	// Force locks the request whatever the mode.
-	Force
-	// Skip runs the request without the lock whatever the mode; its save
+	// UseLockingMode leaves the decision to Options.Locking (the zero value).
+	UseLockingMode LockOverride = iota
+	// ForceLocking locks the request whatever the mode.
+	ForceLocking
+	// SkipLocking runs the request without the lock whatever the mode; its save
 	// is still CAS-guarded.
-	Skip
+	SkipLocking
 )
 
 type flagKey struct{}
 
 // flagFrom returns the flag ForceLock or SkipLock put into ctx outside
 // the middleware.
-func flagFrom(ctx context.Context) LockFlag {
-	f, _ := ctx.Value(flagKey{}).(LockFlag)
+func flagFrom(ctx context.Context) LockOverride {
+	f, _ := ctx.Value(flagKey{}).(LockOverride)
 	return f
 }
 
 // withFlag sets the locking flag of r: on its session state when r went
 // through the middleware already (and the session is not in use yet), and
 // in its context otherwise, where the middleware picks it up.
-func withFlag(r *http.Request, f LockFlag) *http.Request {
-	if err := SetLocking(r, f); !errors.Is(err, ErrNoSession) {
+func withFlag(r *http.Request, f LockOverride) *http.Request {
+	if err := OverrideLocking(r, f); !errors.Is(err, ErrNoSession) {
 		return r
 	}
 	return r.WithContext(context.WithValue(r.Context(), flagKey{}, f))
@@ -45,7 +45,7 @@ func withFlag(r *http.Request, f LockFlag) *http.Request {
 // Manager.Middleware.
 func ForceLock(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(w, withFlag(r, Force))
+		h.ServeHTTP(w, withFlag(r, ForceLocking))
 	})
 }
 
@@ -54,16 +54,16 @@ func ForceLock(h http.Handler) http.Handler {
 // wrap h inside or outside Manager.Middleware.
 func SkipLock(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(w, withFlag(r, Skip))
+		h.ServeHTTP(w, withFlag(r, SkipLocking))
 	})
 }
 
-// SetLocking overrides the locking mode for request r, which must have
+// OverrideLocking overrides the locking mode for request r, which must have
 // gone through Manager.Middleware. It must be called before the handler
 // first uses the session (locking is decided when the session is loaded):
 // it returns ErrAlreadyLoaded after that, and ErrNoSession for a request
 // without session. To lock in the middle of a request, use Session.Lock.
-func SetLocking(r *http.Request, f LockFlag) error {
+func OverrideLocking(r *http.Request, f LockOverride) error {
 	rs, _ := r.Context().Value(stateKey{}).(*reqState)
 	if rs == nil {
 		return ErrNoSession

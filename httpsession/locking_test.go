@@ -38,13 +38,13 @@ func TestSlowAndFastModifyingRequests(t *testing.T) {
 	}{
 		{"All", httpsession.Options{Locking: httpsession.LockAll}, "/incr", true},
 		{"Auto", httpsession.Options{Locking: httpsession.LockAuto}, "/incr", true},
-		{"Pattern", httpsession.Options{Locking: httpsession.LockPattern, LockPattern: regexp.MustCompile(`^POST /incr$`)}, "/incr", true},
-		{"PatternNotMatching", httpsession.Options{Locking: httpsession.LockPattern, LockPattern: regexp.MustCompile(`^POST /other`)}, "/incr", false},
+		{"Pattern", httpsession.Options{Locking: httpsession.LockMatching, LockPattern: regexp.MustCompile(`^POST /incr$`)}, "/incr", true},
+		{"PatternNotMatching", httpsession.Options{Locking: httpsession.LockMatching, LockPattern: regexp.MustCompile(`^POST /other`)}, "/incr", false},
 		{"None", httpsession.Options{Locking: httpsession.LockNone}, "/incr", false},
 		{"None+ForceLock", httpsession.Options{Locking: httpsession.LockNone}, "/force/incr", true},
 		{"All+SkipLock", httpsession.Options{Locking: httpsession.LockAll}, "/skip/incr", false},
-		{"None+SetLockingForce", httpsession.Options{Locking: httpsession.LockNone}, "/setlocking/incr?flag=force", true},
-		{"All+SetLockingSkip", httpsession.Options{Locking: httpsession.LockAll}, "/setlocking/incr?flag=skip", false},
+		{"None+OverrideLockingForce", httpsession.Options{Locking: httpsession.LockNone}, "/setlocking/incr?flag=force", true},
+		{"All+OverrideLockingSkip", httpsession.Options{Locking: httpsession.LockAll}, "/setlocking/incr?flag=skip", false},
 		{"None+SessionLock", httpsession.Options{Locking: httpsession.LockNone}, "/lazy/incr", true},
 	}
 	for _, tc := range cases {
@@ -99,7 +99,7 @@ func TestParallelIncrements(t *testing.T) {
 	}{
 		{"All", httpsession.Options{Locking: httpsession.LockAll}},
 		{"Auto", httpsession.Options{Locking: httpsession.LockAuto}},
-		{"Pattern", httpsession.Options{Locking: httpsession.LockPattern, LockPattern: regexp.MustCompile(`^POST /incr`)}},
+		{"Pattern", httpsession.Options{Locking: httpsession.LockMatching, LockPattern: regexp.MustCompile(`^POST /incr`)}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -258,7 +258,7 @@ func TestAutoUnlockedModification(t *testing.T) {
 }
 
 // TestPerRequestFlags checks ForceLock and SkipLock inside and outside the
-// middleware, SetLocking's errors, and Session.Lock under LockNone.
+// middleware, OverrideLocking's errors, and Session.Lock under LockNone.
 func TestPerRequestFlags(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2, httpsession.Options{Locking: httpsession.LockNone}, nil)
@@ -278,7 +278,7 @@ func TestPerRequestFlags(t *testing.T) {
 			s := m.Session(r)
 			_, _, _ = httpsession.Get[int](s, "k")
 			locked = s.Locked()
-			lateErr = httpsession.SetLocking(r, httpsession.Force)
+			lateErr = httpsession.OverrideLocking(r, httpsession.ForceLocking)
 			setErr = s.Lock(r.Context())
 			lockedAfter = s.Locked()
 		})
@@ -309,8 +309,8 @@ func TestPerRequestFlags(t *testing.T) {
 	serve(all.Middleware(probe(all)))
 	require.True(t, locked)
 
-	// SetLocking without the middleware.
-	require.ErrorIs(t, httpsession.SetLocking(httptest.NewRequest("GET", "/", nil), httpsession.Force), httpsession.ErrNoSession)
+	// OverrideLocking without the middleware.
+	require.ErrorIs(t, httpsession.OverrideLocking(httptest.NewRequest("GET", "/", nil), httpsession.ForceLocking), httpsession.ErrNoSession)
 	// Every lock taken above was released.
 	require.Equal(t, "1", c.ok(e.b, "GET", "/get?key=k"))
 	require.Equal(t, "2", c.ok(e.b, "POST", "/force/incr"))

@@ -66,7 +66,7 @@ type Stats struct {
 }
 
 // New returns a Manager for the sessions in st with opts' defaults filled
-// in. It fails for a nil store, an unknown locking mode, LockPattern
+// in. It fails for a nil store, an unknown locking mode, LockMatching
 // without Options.LockPattern, an invalid cookie name or negative numbers.
 func New(st *store.Store, opts Options) (*Manager, error) {
 	if st == nil {
@@ -86,9 +86,9 @@ func New(st *store.Store, opts Options) (*Manager, error) {
 	}
 	switch opts.Locking {
 	case LockAll, LockNone, LockAuto:
-	case LockPattern:
+	case LockMatching:
 		if opts.LockPattern == nil {
-			return nil, errors.New("httpsession: LockPattern mode needs Options.LockPattern")
+			return nil, errors.New("httpsession: LockMatching mode needs Options.LockPattern")
 		}
 	default:
 		return nil, fmt.Errorf("httpsession: unknown locking mode %d", int(opts.Locking))

@@ -45,9 +45,9 @@ const (
 	// modify the session, requests of that route run unlocked; a route
 	// that modified the session once is locked for good.
 	LockAuto
-	// LockPattern locks the requests whose "METHOD PATH" (for example
+	// LockMatching locks the requests whose "METHOD PATH" (for example
 	// "POST /cart/add") matches Options.LockPattern.
-	LockPattern
+	LockMatching
 )
 
 // String returns the mode's name.
@@ -59,7 +59,7 @@ func (m LockMode) String() string {
 		return "none"
 	case LockAuto:
 		return "auto"
-	case LockPattern:
+	case LockMatching:
 		return "pattern"
 	}
 	return "LockMode(" + strconv.Itoa(int(m)) + ")"
@@ -116,8 +116,8 @@ type Options struct {
 	// with Manager.Session(r)), and by "METHOD PATH" otherwise.
 	Locking LockMode
 	// LockPattern is matched against "METHOD PATH" (for example
-	// "POST /cart/add") under LockPattern; matching requests are locked.
-	// Required with LockPattern, ignored otherwise. Default nil.
+	// "POST /cart/add") under LockMatching; matching requests are locked.
+	// Required with LockMatching, ignored otherwise. Default nil.
 	LockPattern *regexp.Regexp
 	// AutoThreshold is how many consecutive non-modifying requests of a
 	// route make LockAuto stop locking it. Default DefaultAutoThreshold (3).

@@ -115,14 +115,14 @@ func (s *Session) Set(key string, v any) error {
 	return s.write(func(ss *store.Session) error { return ss.Set(key, v) })
 }
 
-// Delete removes the attribute key; removing an absent key, or any key of
+// Remove removes the attribute key; removing an absent key, or any key of
 // an absent session, changes nothing.
-func (s *Session) Delete(key string) error {
+func (s *Session) Remove(key string) error {
 	ss, err := s.use()
 	if err != nil || ss == nil {
 		return err
 	}
-	ss.Delete(key)
+	ss.Remove(key)
 	return nil
 }
 
@@ -211,7 +211,7 @@ func (s *Session) Destroy(ctx context.Context) error {
 }
 
 // Lock takes the session lock in the middle of a request (useful under
-// LockNone, LockAuto and LockPattern) and reloads the session under it, so
+// LockNone, LockAuto and LockMatching) and reloads the session under it, so
 // the handler sees the latest data; changes made before are discarded.
 // When the session was not used yet, it is loaded locked. A session that
 // holds the lock already, a new session and an absent one are left alone.

@@ -78,8 +78,8 @@ func TestCookieOptions(t *testing.T) {
 	require.Equal(t, "/app", ck.Path)
 	require.Equal(t, "example.test", ck.Domain)
 
-	_, err := httpsession.New(e.a.st, httpsession.Options{Locking: httpsession.LockPattern})
-	require.Error(t, err, "LockPattern without a pattern")
+	_, err := httpsession.New(e.a.st, httpsession.Options{Locking: httpsession.LockMatching})
+	require.Error(t, err, "LockMatching without a pattern")
 	_, err = httpsession.New(e.a.st, httpsession.Options{CookieName: "bad name"})
 	require.Error(t, err)
 	_, err = httpsession.New(nil, httpsession.Options{})
@@ -209,7 +209,7 @@ func TestLoginRenewsID(t *testing.T) {
 	r = attacker.do(e.a, "GET", "/get?key=cart")
 	require.Equal(t, "-", r.body)
 	require.Nil(t, sessionCookie(r.hdr))
-	key, bkey, lkey := e.a.st.Keys(old)
+	key, bkey, lkey := e.a.st.MemcachedKeys(old)
 	for _, k := range []string{key, bkey, lkey} {
 		require.Empty(t, e.nodesWith(k), "old key %s survived", k)
 	}
@@ -224,7 +224,7 @@ func TestLogoutDestroysEverywhere(t *testing.T) {
 	c.ok(e.a, "POST", "/incr?key=k")
 	c.ok(e.b, "POST", "/incr?key=k")
 	id := c.sessionID(e.a)
-	key, bkey, lkey := e.a.st.Keys(id)
+	key, bkey, lkey := e.a.st.MemcachedKeys(id)
 	require.Len(t, e.nodesWith(key), 1)
 	require.Len(t, e.nodesWith(bkey), 1)
 

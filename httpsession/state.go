@@ -29,7 +29,7 @@ type reqState struct {
 	aborted atomic.Bool // the ErrorHandler answered instead of the handler
 
 	mu        sync.Mutex
-	flag      LockFlag
+	flag      LockOverride
 	pattern   string // ServeMux pattern seen by Manager.Session
 	used      bool   // the session was used: cookie read, load attempted
 	cookie    string // the request's well-formed session id, "" for none
@@ -104,16 +104,16 @@ func (rs *reqState) load(ctx context.Context, force bool) error {
 // wantLock applies the request's flag and the Manager's mode.
 func (rs *reqState) wantLock() bool {
 	switch rs.flag {
-	case Force:
+	case ForceLocking:
 		return true
-	case Skip:
+	case SkipLocking:
 		return false
 	}
 	m := rs.m
 	switch m.opts.Locking {
 	case LockNone:
 		return false
-	case LockPattern:
+	case LockMatching:
 		return m.opts.LockPattern.MatchString(rs.req.Method + " " + rs.req.URL.Path)
 	case LockAuto:
 		if m.auto.locks(routeKey(rs.req, rs.pattern)) {
@@ -159,7 +159,7 @@ func (rs *reqState) writable() (*store.Session, error) {
 		return rs.s, nil
 	}
 	m := rs.m
-	s, err := m.st.New(rs.ctx)
+	s, err := m.st.NewSession(rs.ctx)
 	if err != nil {
 		return nil, rs.fail(err)
 	}

@@ -87,8 +87,8 @@ type metrics struct {
 	acquired, waited, waitNanos, timeouts, renewals, lost, released atomic.Uint64
 }
 
-// Metrics is a snapshot of a Locker's counts since it was created.
-type Metrics struct {
+// Stats is a snapshot of a Locker's counts since it was created.
+type Stats struct {
 	// Acquired counts locks taken.
 	Acquired uint64
 	// Waited counts acquisitions that found the lock held and had to wait.
@@ -140,9 +140,9 @@ func New(cluster *replica.Cluster, cfg Config) (*Locker, error) {
 // Config returns the configuration in force, defaults filled in.
 func (l *Locker) Config() Config { return l.cfg }
 
-// Metrics returns the Locker's counts.
-func (l *Locker) Metrics() Metrics {
-	return Metrics{
+// Stats returns the Locker's counts.
+func (l *Locker) Stats() Stats {
+	return Stats{
 		Acquired: l.m.acquired.Load(), Waited: l.m.waited.Load(),
 		WaitTime: time.Duration(l.m.waitNanos.Load()), Timeouts: l.m.timeouts.Load(),
 		Renewals: l.m.renewals.Load(), Lost: l.m.lost.Load(), Released: l.m.released.Load(),

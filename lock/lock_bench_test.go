@@ -140,7 +140,7 @@ func BenchmarkContended16(b *testing.B) {
 	if n := overlaps.Load(); n != 0 {
 		b.Fatalf("%d overlapping critical sections", n)
 	}
-	m := l.Metrics()
+	m := l.Stats()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 	b.ReportMetric(float64(m.Waited)/float64(b.N), "waited/op")
 }

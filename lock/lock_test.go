@@ -162,7 +162,7 @@ func TestLockTimeoutWithinWait(t *testing.T) {
 			require.Nil(t, got)
 			require.GreaterOrEqual(t, elapsed, tt.want)
 			require.Less(t, elapsed, tt.want+time.Second, "timeout arrives within the wait plus slack")
-			m := l.Metrics()
+			m := l.Stats()
 			require.Equal(t, uint64(1), m.Timeouts)
 			require.Equal(t, uint64(1), m.Waited)
 			require.Zero(t, m.Acquired)
@@ -193,7 +193,7 @@ func TestLockContextCancelStopsWait(t *testing.T) {
 	// An already cancelled context makes no attempt at all.
 	_, err = l.Acquire(cctx, "n1", "lock:other")
 	require.ErrorIs(t, err, context.Canceled)
-	require.Equal(t, uint64(0), l.Metrics().Timeouts)
+	require.Equal(t, uint64(0), l.Stats().Timeouts)
 }
 
 // TestReleaseNonOwnerDeletesNothing: A's lock expires, B takes it; A's
@@ -225,10 +225,10 @@ func TestReleaseNonOwnerDeletesNothing(t *testing.T) {
 	require.NoError(t, b.Release(ctx))
 	require.Nil(t, lockItem(t, mc, "n1", "lock:x"))
 	require.NoError(t, b.Release(ctx), "double release is harmless")
-	require.Equal(t, uint64(1), la.Metrics().Lost)
-	require.Equal(t, uint64(0), la.Metrics().Released)
-	require.Equal(t, uint64(1), lb.Metrics().Released)
-	require.Equal(t, uint64(0), lb.Metrics().Lost)
+	require.Equal(t, uint64(1), la.Stats().Lost)
+	require.Equal(t, uint64(0), la.Stats().Released)
+	require.Equal(t, uint64(1), lb.Stats().Released)
+	require.Equal(t, uint64(0), lb.Stats().Lost)
 }
 
 // TestRenewKeepsLockPastTTL: a holder keeps a 1 s lock for 3 s thanks to
@@ -261,10 +261,10 @@ func TestRenewKeepsLockPastTTL(t *testing.T) {
 	require.Equal(t, lk.Token(), string(it.Value))
 
 	require.NoError(t, lk.Release(ctx), "still the owner after 3x its TTL")
-	require.GreaterOrEqual(t, holder.Metrics().Renewals, uint64(2))
-	require.Zero(t, holder.Metrics().Lost)
-	require.Equal(t, uint64(attempts), other.Metrics().Timeouts)
-	require.Zero(t, other.Metrics().Acquired)
+	require.GreaterOrEqual(t, holder.Stats().Renewals, uint64(2))
+	require.Zero(t, holder.Stats().Lost)
+	require.Equal(t, uint64(attempts), other.Stats().Timeouts)
+	require.Zero(t, other.Stats().Acquired)
 }
 
 func TestRenewAfterLoss(t *testing.T) {
@@ -300,13 +300,13 @@ func TestRenewAfterLoss(t *testing.T) {
 			}
 		})
 	}
-	m := l.Metrics()
+	m := l.Stats()
 	require.Equal(t, uint64(2), m.Renewals)
 	require.Equal(t, uint64(2), m.Lost, "one loss per lock, however often it is noticed")
 	require.Zero(t, m.Released)
 }
 
-func TestLockMetrics(t *testing.T) {
+func TestLockStats(t *testing.T) {
 	mc, rc := newCluster(t, 1)
 	ctx := context.Background()
 	l := newLocker(t, rc, lock.Config{TTL: 5 * time.Second, RenewEvery: -1})
@@ -314,21 +314,21 @@ func TestLockMetrics(t *testing.T) {
 	steps := []struct {
 		name string
 		do   func(t *testing.T)
-		want lock.Metrics // WaitTime is checked separately
+		want lock.Stats // WaitTime is checked separately
 	}{
 		{name: "uncontended acquire", do: func(t *testing.T) {
 			lk, err := l.Acquire(ctx, "n1", "lock:m1")
 			require.NoError(t, err)
 			require.NoError(t, lk.Release(ctx))
 			require.NoError(t, lk.Release(ctx)) // not counted twice
-		}, want: lock.Metrics{Acquired: 1, Released: 1}},
+		}, want: lock.Stats{Acquired: 1, Released: 1}},
 		{name: "timeout", do: func(t *testing.T) {
 			lk, err := l.Acquire(ctx, "n1", "lock:m2")
 			require.NoError(t, err)
 			_, err = l.Acquire(lock.WithWaitTimeout(ctx, 100*time.Millisecond), "n1", "lock:m2")
 			require.ErrorIs(t, err, lock.ErrLockTimeout)
 			require.NoError(t, lk.Release(ctx))
-		}, want: lock.Metrics{Acquired: 2, Waited: 1, Timeouts: 1, Released: 2}},
+		}, want: lock.Stats{Acquired: 2, Waited: 1, Timeouts: 1, Released: 2}},
 		{name: "wait then acquire", do: func(t *testing.T) {
 			lk, err := l.Acquire(ctx, "n1", "lock:m3")
 			require.NoError(t, err)
@@ -336,7 +336,7 @@ func TestLockMetrics(t *testing.T) {
 			lk2, err := l.Acquire(ctx, "n1", "lock:m3")
 			require.NoError(t, err)
 			require.NoError(t, lk2.Release(ctx))
-		}, want: lock.Metrics{Acquired: 4, Waited: 2, Timeouts: 1, Released: 4}},
+		}, want: lock.Stats{Acquired: 4, Waited: 2, Timeouts: 1, Released: 4}},
 		{name: "manual renewals", do: func(t *testing.T) {
 			lk, err := l.Acquire(ctx, "n1", "lock:m4")
 			require.NoError(t, err)
@@ -344,19 +344,19 @@ func TestLockMetrics(t *testing.T) {
 			require.NoError(t, lk.Renew(ctx))
 			require.NoError(t, lk.Release(ctx))
 			require.NoError(t, lk.Renew(ctx), "renewing a released lock is a no-op")
-		}, want: lock.Metrics{Acquired: 5, Waited: 2, Timeouts: 1, Renewals: 2, Released: 5}},
+		}, want: lock.Stats{Acquired: 5, Waited: 2, Timeouts: 1, Renewals: 2, Released: 5}},
 		{name: "lost on release", do: func(t *testing.T) {
 			lk, err := l.Acquire(ctx, "n1", "lock:m5")
 			require.NoError(t, err)
 			require.NoError(t, mc.Node("n1").Client().Delete(lk.Key()))
 			require.ErrorIs(t, lk.Release(ctx), lock.ErrLost)
-		}, want: lock.Metrics{Acquired: 6, Waited: 2, Timeouts: 1, Renewals: 2, Released: 5, Lost: 1}},
+		}, want: lock.Stats{Acquired: 6, Waited: 2, Timeouts: 1, Renewals: 2, Released: 5, Lost: 1}},
 	}
 	var prevWait time.Duration
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
 			st.do(t)
-			got := l.Metrics()
+			got := l.Stats()
 			wait := got.WaitTime
 			got.WaitTime = 0
 			require.Equal(t, st.want, got)
@@ -431,7 +431,7 @@ func TestLockMutualExclusion(t *testing.T) {
 	}
 	require.Zero(t, overlaps.Load())
 	require.Equal(t, int64(total), done.Load())
-	m := l.Metrics()
+	m := l.Stats()
 	require.Equal(t, uint64(total), m.Acquired)
 	require.Equal(t, uint64(total), m.Released)
 	require.Zero(t, m.Lost)

@@ -149,13 +149,13 @@ func TestUncertainAddSameLockerReacquires(t *testing.T) {
 			failAcquireWhilePaused(t, mc, l, key, tt.cancelAfter)
 			resumeBetweenCleanupAttempts(t, mc, rc)
 			orphan := observeOrphan(t, mc, key)
-			before := l.Metrics()
+			before := l.Stats()
 
 			start := time.Now()
 			lk, err := l.Acquire(ctx, "n1", key)
 			require.NoError(t, err)
 			require.Less(t, time.Since(start), l.Config().WaitTimeout)
-			after := l.Metrics()
+			after := l.Stats()
 			require.Equal(t, before.Waited, after.Waited, "the Locker did not wait for its own lock")
 			require.Equal(t, before.Timeouts, after.Timeouts)
 			require.Equal(t, before.Acquired+1, after.Acquired)
@@ -174,7 +174,7 @@ func TestUncertainAddSameLockerReacquires(t *testing.T) {
 			requireHeldFor(t, mc, lk, 3*time.Second, "same Locker")
 			require.NoError(t, lk.Release(ctx))
 			require.Nil(t, lockItem(t, mc, "n1", key), "Release deleted the lock item")
-			require.Zero(t, l.Metrics().Lost)
+			require.Zero(t, l.Stats().Lost)
 		})
 	}
 }
@@ -211,7 +211,7 @@ func TestUncertainAddFreedForOtherLockers(t *testing.T) {
 				// B either found the orphan and waited for A's cleanup, or
 				// the cleanup had deleted it before B came.
 				t.Logf("B waited %v (%d waits) for A's cleanup to delete the orphan lock",
-					waited.Round(time.Millisecond), lb.Metrics().Waited)
+					waited.Round(time.Millisecond), lb.Stats().Waited)
 			}
 			it := lockItem(t, mc, "n1", key)
 			require.NotNil(t, it)
@@ -275,11 +275,11 @@ func TestUncertainAddRememberedWhenTheRetryIsNotSent(t *testing.T) {
 		t.Log("the orphan was gone before it was observed (cleanup, or the add was not applied)")
 	}
 
-	before := l.Metrics()
+	before := l.Stats()
 	start := time.Now()
 	lk, err := l.Acquire(ctx, "n1", key)
 	require.NoError(t, err, "the Locker waited %v for the lock its own timed-out add left", time.Since(start).Round(time.Millisecond))
-	require.Equal(t, before.Waited, l.Metrics().Waited, "no wait for its own lock")
+	require.Equal(t, before.Waited, l.Stats().Waited, "no wait for its own lock")
 	it := lockItem(t, mc, "n1", key)
 	require.NotNil(t, it)
 	require.Equal(t, lk.Token(), string(it.Value))
@@ -365,7 +365,7 @@ func TestRenewNeverExtendsAnotherOwnersLock(t *testing.T) {
 				require.Nil(t, it, "the renewal did not recreate the expired lock")
 				_, _, found := metaItem(t, addr, key)
 				require.False(t, found)
-				require.Zero(t, la.Metrics().Renewals)
+				require.Zero(t, la.Stats().Renewals)
 				return
 			}
 			require.NotNil(t, it, "A's release deleted nothing")
@@ -375,8 +375,8 @@ func TestRenewNeverExtendsAnotherOwnersLock(t *testing.T) {
 			require.Equal(t, bCAS, cas, "B's item was not rewritten")
 			require.Greater(t, ttl, 5, "nor touched down to A's 1 s TTL")
 			require.LessOrEqual(t, ttl, bTTL)
-			require.Zero(t, la.Metrics().Renewals)
-			require.Equal(t, uint64(1), la.Metrics().Lost)
+			require.Zero(t, la.Stats().Renewals)
+			require.Equal(t, uint64(1), la.Stats().Lost)
 
 			require.NoError(t, b.Release(ctx), "B still owns its lock")
 			require.Nil(t, lockItem(t, mc, "n1", key))
@@ -401,7 +401,7 @@ func TestReleaseAfterAutomaticRenewals(t *testing.T) {
 	require.NotZero(t, first)
 
 	time.Sleep(2500 * time.Millisecond)
-	require.Eventually(t, func() bool { return l.Metrics().Renewals >= 2 }, 5*time.Second, 20*time.Millisecond,
+	require.Eventually(t, func() bool { return l.Stats().Renewals >= 2 }, 5*time.Second, 20*time.Millisecond,
 		"renewed about every second")
 	require.False(t, lk.Lost())
 	require.NotEqual(t, first, lk.CAS(), "each renewal is a compare-and-set that changes the CAS id")
@@ -413,7 +413,7 @@ func TestReleaseAfterAutomaticRenewals(t *testing.T) {
 
 	require.NoError(t, lk.Release(ctx), "released with the CAS id of the latest renewal")
 	require.Nil(t, lockItem(t, mc, "n1", key), "the lock item is gone")
-	m := l.Metrics()
+	m := l.Stats()
 	require.Equal(t, uint64(1), m.Released)
 	require.Zero(t, m.Lost)
 	require.GreaterOrEqual(t, m.Renewals, uint64(2))
@@ -461,7 +461,7 @@ func TestOwnLockWithAChangedCAS(t *testing.T) {
 	it := lockItem(t, mc, "n1", lk.Key())
 	require.NotNil(t, it)
 	require.Equal(t, "someone-else", string(it.Value))
-	require.Equal(t, uint64(2), l.Metrics().Released, "two releases of our own locks")
+	require.Equal(t, uint64(2), l.Stats().Released, "two releases of our own locks")
 }
 
 // TestReleaseLookFailureIsNotLost: after a CAS mismatch the release looks
@@ -486,5 +486,5 @@ func TestReleaseLookFailureIsNotLost(t *testing.T) {
 	require.Error(t, err)
 	require.NotErrorIs(t, err, lock.ErrLost)
 	require.False(t, lk.Lost())
-	require.Zero(t, l.Metrics().Lost)
+	require.Zero(t, l.Stats().Lost)
 }

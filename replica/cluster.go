@@ -207,10 +207,10 @@ func (c *Cluster) outageWithin(id string, d time.Duration) bool {
 	return t != 0 && time.Since(time.Unix(0, t)) < d
 }
 
-// gone reports whether the node's last failure was a refused connection:
+// connRefused reports whether the node's last failure was a refused connection:
 // no memcached process listens there, so whatever it held is lost (a hung
 // or unreachable node, which times out instead, may still have its data).
-func (c *Cluster) gone(id string) bool {
+func (c *Cluster) connRefused(id string) bool {
 	n, ok := c.byID[id]
 	return ok && n.refused.Load()
 }
@@ -459,4 +459,4 @@ func (v view) BackupOf(p string, exclude ...string) string       { return v.c.Ba
 func (v view) BackupCandidates(p string) []string                { return v.c.backupCandidates(p) }
 func (v view) MarkOutage(id string)                              { v.c.markOutage(id) }
 func (v view) OutageWithin(id string, d time.Duration) bool      { return v.c.outageWithin(id, d) }
-func (v view) Gone(id string) bool                               { return v.c.gone(id) }
+func (v view) ConnRefused(id string) bool                        { return v.c.connRefused(id) }

@@ -28,7 +28,7 @@ func Example() {
 	}
 	ctx := context.Background()
 
-	s, err := st.New(ctx)
+	s, err := st.NewSession(ctx)
 	if err != nil {
 		log.Fatal(err)
 	}

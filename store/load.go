@@ -110,7 +110,7 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 	unknown := false // a candidate that may hold a copy did not answer
 	for _, cand := range st.view.BackupCandidates(node) {
 		if !st.view.Healthy(cand) {
-			unknown = unknown || !st.view.Gone(cand)
+			unknown = unknown || !st.view.ConnRefused(cand)
 			continue
 		}
 		keys := []string{bkey}
@@ -123,7 +123,7 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 		items, err := ops.GetMulti(ctx, st.view, cand, keys)
 		if err != nil {
 			lastErr = err
-			unknown = unknown || !st.view.Gone(cand)
+			unknown = unknown || !st.view.ConnRefused(cand)
 			continue
 		}
 		answered = true
@@ -228,7 +228,7 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 		st.stats.loads.Add(1)
 		return s, nil // a parallel request relocated it already
 	}
-	if errors.Is(err, ErrNotFound) && !st.view.Gone(node) {
+	if errors.Is(err, ErrNotFound) && !st.view.ConnRefused(node) {
 		// The primary timed out rather than refused: it may come back with
 		// the session, so a missing backup proves nothing. Answer
 		// "unavailable" (retry later) rather than start a fresh session.

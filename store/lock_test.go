@@ -159,15 +159,15 @@ func TestLockLostUpdate(t *testing.T) {
 			require.Nil(t, lkItem(t, c, nodeOf(id), "lock:"+id), "no lock left behind")
 		})
 	}
-	var lm lock.Metrics
+	var lm lock.Stats
 	for _, st := range stores {
-		m := st.Locker().Metrics()
+		m := st.Locker().Stats()
 		lm.Acquired += m.Acquired
 		lm.Released += m.Released
 		lm.Lost += m.Lost
 		lm.Timeouts += m.Timeouts
 	}
-	require.Equal(t, lock.Metrics{Acquired: attempts, Released: attempts}, lm)
+	require.Equal(t, lock.Stats{Acquired: attempts, Released: attempts}, lm)
 }
 
 // TestLockExpiredHolderConflict: a holder whose lock expired while it
@@ -206,7 +206,7 @@ func TestLockExpiredHolderConflict(t *testing.T) {
 	err = stA.SaveAndRelease(ctx, a)
 	require.ErrorIs(t, err, store.ErrConflict)
 	require.False(t, a.Locked())
-	require.Equal(t, uint64(1), stA.Locker().Metrics().Lost, "A's release found the lock gone")
+	require.Equal(t, uint64(1), stA.Locker().Stats().Lost, "A's release found the lock gone")
 	require.Equal(t, uint64(1), stA.Stats().Conflicts)
 
 	got, err := stA.Load(ctx, id)
@@ -251,7 +251,7 @@ func TestLockReleaseNonOwner(t *testing.T) {
 	require.Nil(t, lkItem(t, c, node, lkey))
 	require.NoError(t, stB.Release(ctx, b), "double release is harmless")
 	require.NoError(t, stB.SaveAndRelease(ctx, b), "save-and-release of an unlocked, unchanged session")
-	require.Equal(t, uint64(1), stB.Locker().Metrics().Released)
+	require.Equal(t, uint64(1), stB.Locker().Stats().Released)
 }
 
 func TestLockTimeoutAndCancelLoadLocked(t *testing.T) {
@@ -328,7 +328,7 @@ func TestLockRelocatedSession(t *testing.T) {
 	require.Nil(t, lkItem(t, c, newNode, lkey), "released")
 	require.Equal(t, 8, lkCounter(t, st, newID))
 	require.Equal(t, uint64(1), st.Stats().Relocations)
-	m := st.Locker().Metrics()
+	m := st.Locker().Stats()
 	require.Equal(t, uint64(1), m.Acquired)
 	require.Equal(t, uint64(1), m.Released)
 }
@@ -340,12 +340,12 @@ func TestLockNotFoundHoldsNoLock(t *testing.T) {
 	st := newStore(t, c, func(cfg *store.Config) { cfg.Lock = lock.Config{} })
 	ctx := context.Background()
 	id := saved(t, st, map[string]any{"k": "v"}).ID()
-	require.NoError(t, st.Delete(ctx, id))
+	require.NoError(t, st.DestroyID(ctx, id))
 
 	_, err := st.LoadLocked(ctx, id)
 	require.ErrorIs(t, err, store.ErrNotFound)
 	require.Nil(t, lkItem(t, c, nodeOf(id), "lock:"+id))
-	m := st.Locker().Metrics()
+	m := st.Locker().Stats()
 	require.Equal(t, m.Acquired, m.Released)
 
 	_, err = st.LoadLocked(ctx, "not-an-id")

@@ -142,7 +142,7 @@ func (st *Store) SaveAndRelease(ctx context.Context, s *Session) error {
 	return nil
 }
 
-// Destroy deletes every item of s (see Delete) and then drops its lock;
+// Destroy deletes every item of s (see DestroyID) and then drops its lock;
 // a later Save of s returns ErrDestroyed. The lock is dropped after the
 // delete so that no waiting request can load the session in between.
 func (st *Store) Destroy(ctx context.Context, s *Session) error {
@@ -152,7 +152,7 @@ func (st *Store) Destroy(ctx context.Context, s *Session) error {
 	s.mu.Unlock()
 	var err error
 	if !isNew {
-		err = st.Delete(ctx, id)
+		err = st.DestroyID(ctx, id)
 	}
 	if rerr := st.Release(ctx, s); rerr != nil && !errors.Is(rerr, lock.ErrLost) {
 		err = errors.Join(err, rerr)

@@ -457,18 +457,18 @@ func (st *Store) Touch(ctx context.Context, s *Session) error {
 	return nil
 }
 
-// Delete removes every item of session id on every node that may hold
+// DestroyID removes every item of session id on every node that may hold
 // one: the primary copy and the lock on its primary node, the backup copy
 // on every other node. An id that does not parse is ignored. It returns an
 // error wrapping ErrUnavailable when a node that may hold an item did not
 // answer.
-func (st *Store) Delete(ctx context.Context, id string) error {
+func (st *Store) DestroyID(ctx context.Context, id string) error {
 	_, node, ok := st.parse(id)
 	if !ok {
 		return nil
 	}
 	st.refreshed.forget(id)
-	key, bkey, lkey := st.Keys(id)
+	key, bkey, lkey := st.MemcachedKeys(id)
 	// Backups first, then the primary copy, then the lock, then the
 	// backups once more: a request waiting for the lock finds nothing to
 	// load, and a stale save or touch does not recreate the session.
@@ -555,7 +555,7 @@ func (st *Store) RenewID(ctx context.Context, s *Session) error {
 	if err := st.Save(ctx, s); err != nil {
 		return fmt.Errorf("store: renew %s: %w", oldID, err)
 	}
-	if err := st.Delete(ctx, oldID); err != nil {
+	if err := st.DestroyID(ctx, oldID); err != nil {
 		st.log.Warn("renew id: old session not fully deleted", "id", oldID, "err", err)
 	}
 	return nil

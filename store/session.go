@@ -131,8 +131,8 @@ func (s *Session) Set(key string, v any) error {
 	return nil
 }
 
-// Delete removes the attribute key; removing an absent key changes nothing.
-func (s *Session) Delete(key string) {
+// Remove removes the attribute key; removing an absent key changes nothing.
+func (s *Session) Remove(key string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.attrs[key]; ok {

@@ -195,9 +195,9 @@ func (st *Store) Stats() Stats {
 	}
 }
 
-// Keys returns the memcached keys of session id: the primary copy, the
+// MemcachedKeys returns the memcached keys of session id: the primary copy, the
 // backup copy and the lock, each with the key prefix.
-func (st *Store) Keys(id string) (session, backup, lockKey string) {
+func (st *Store) MemcachedKeys(id string) (session, backup, lockKey string) {
 	return st.key(id), st.bkey(id), st.lkey(id)
 }
 
@@ -235,10 +235,10 @@ func (st *Store) parse(id string) (base, node string, ok bool) {
 	return base, node, true
 }
 
-// New returns a new, unsaved session with a fresh id on a healthy node.
+// NewSession returns a new, unsaved session with a fresh id on a healthy node.
 // Nothing is written until Save. It fails with ErrUnavailable when every
 // node's breaker is open.
-func (st *Store) New(ctx context.Context) (*Session, error) {
+func (st *Store) NewSession(ctx context.Context) (*Session, error) {
 	node, err := st.view.PickNew()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)

@@ -41,7 +41,7 @@ func newStore(t testing.TB, c *mcproc.Cluster, mod func(*store.Config)) *store.S
 func saved(t testing.TB, st *store.Store, attrs map[string]any) *store.Session {
 	t.Helper()
 	ctx := context.Background()
-	s, err := st.New(ctx)
+	s, err := st.NewSession(ctx)
 	require.NoError(t, err)
 	for k, v := range attrs {
 		require.NoError(t, s.Set(k, v))
@@ -134,7 +134,7 @@ func TestNewSessionsSpreadOverNodes(t *testing.T) {
 	st := newStore(t, c, nil)
 	seen := map[string]int{}
 	for range 30 {
-		s, err := st.New(context.Background())
+		s, err := st.NewSession(context.Background())
 		require.NoError(t, err)
 		seen[nodeOf(s.ID())]++
 	}
@@ -297,7 +297,7 @@ func TestMalformedIDsNeverReachMemcached(t *testing.T) {
 			require.ErrorIs(t, err, store.ErrNotFound)
 			_, err = st.LoadLocked(ctx, id)
 			require.ErrorIs(t, err, store.ErrNotFound)
-			require.NoError(t, st.Delete(ctx, id))
+			require.NoError(t, st.DestroyID(ctx, id))
 		})
 	}
 	after := sumStat(t, c, "cmd_get") + sumStat(t, c, "cmd_touch") + sumStat(t, c, "cmd_set")
@@ -338,7 +338,7 @@ func TestRemovingAnAttributeIsPersisted(t *testing.T) {
 	s := saved(t, st, map[string]any{"keep": 1, "drop": 2})
 	got, err := st.Load(ctx, s.ID())
 	require.NoError(t, err)
-	got.Delete("drop")
+	got.Remove("drop")
 	require.True(t, got.Modified())
 	require.NoError(t, st.Save(ctx, got))
 	again, err := st.Load(ctx, s.ID())
@@ -409,7 +409,7 @@ func TestTooLarge(t *testing.T) {
 
 	// The default limit protects memcached's 1 MiB item size.
 	def := newStore(t, c, nil)
-	huge, err := def.New(ctx)
+	huge, err := def.NewSession(ctx)
 	require.NoError(t, err)
 	require.NoError(t, huge.Set("blob", make([]byte, 1<<20)))
 	require.ErrorIs(t, def.Save(ctx, huge), store.ErrTooLarge)
@@ -458,7 +458,7 @@ func TestAllNodesDown(t *testing.T) {
 		require.Error(t, err)
 		require.True(t, errors.Is(err, store.ErrUnavailable) || errors.Is(err, replica.ErrNodeDown), "clear error: %v", err)
 	}
-	fresh, err := st.New(ctx)
+	fresh, err := st.NewSession(ctx)
 	if err == nil { // breakers may not be open yet: then the save fails
 		require.NoError(t, fresh.Set("k", 1))
 		require.ErrorIs(t, st.Save(ctx, fresh), store.ErrUnavailable)
@@ -473,7 +473,7 @@ func TestAllNodesDown(t *testing.T) {
 	// Breakers probe again after OpenTimeout (500 ms here): bounded wait for recovery.
 	var again *store.Session
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if again, err = st.New(ctx); err == nil {
+		if again, err = st.NewSession(ctx); err == nil {
 			require.NoError(t, again.Set("k", 2))
 			if err = st.Save(ctx, again); err == nil {
 				break
@@ -512,7 +512,7 @@ func TestRenewIDAndDelete(t *testing.T) {
 	user, _, _ := store.Get[string](renewed, "user")
 	require.Equal(t, "ada", user)
 
-	require.NoError(t, st.Delete(ctx, newID))
+	require.NoError(t, st.DestroyID(ctx, newID))
 	_, err = st.Load(ctx, newID)
 	require.ErrorIs(t, err, store.ErrNotFound)
 	for _, n := range c.Nodes {
@@ -573,7 +573,7 @@ func TestNewSessionAvoidsAJustKilledNode(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, c.Node("n1").Kill()) // its breaker is still closed
 	for range 6 {
-		s, err := st.New(ctx)
+		s, err := st.NewSession(ctx)
 		require.NoError(t, err)
 		require.NoError(t, s.Set("k", "v"))
 		require.NoError(t, st.Save(ctx, s), "a new session moves to a live node")
@@ -709,7 +709,7 @@ func TestConflictRepairKeepsTheBackupTTL(t *testing.T) {
 	require.NoError(t, b.Set("a", 3))
 	require.ErrorIs(t, st.Save(ctx, b), store.ErrConflict)
 	_, backup, _ := st.Placement(id)
-	_, bkey, _ := st.Keys(id)
+	_, bkey, _ := st.MemcachedKeys(id)
 	ttl := metaTTL(t, c.Node(backup).Addr(), bkey)
 	require.Greater(t, ttl, 3500)
 	require.LessOrEqual(t, ttl, 3601)
@@ -877,7 +877,7 @@ func TestNoResurrectionRacingALogout(t *testing.T) {
 		id := saved(t, st, map[string]any{"k": 1}).ID()
 		reader, err := st.Load(ctx, id)
 		require.NoError(t, err)
-		require.NoError(t, st.Delete(ctx, id)) // logout in another tab
+		require.NoError(t, st.DestroyID(ctx, id)) // logout in another tab
 		touched, err := st.TouchIfDue(ctx, reader)
 		require.NoError(t, err)
 		require.True(t, touched, "the delete forgot the refresh")
@@ -891,7 +891,7 @@ func TestNoResurrectionRacingALogout(t *testing.T) {
 		id := saved(t, st, map[string]any{"k": 1}).ID()
 		s, err := st.Load(ctx, id)
 		require.NoError(t, err)
-		key, bkey, lkey := st.Keys(id)
+		key, bkey, lkey := st.MemcachedKeys(id)
 		for _, n := range c.Nodes { // the delete's first step: backups
 			_ = n.Client().Delete(bkey)
 		}
@@ -900,7 +900,7 @@ func TestNoResurrectionRacingALogout(t *testing.T) {
 		p := c.Node(nodeOf(id)).Client()    // the delete's next steps: primary, lock
 		_ = p.Delete(key)
 		_ = p.Delete(lkey)
-		require.NoError(t, st.Delete(ctx, id), "and its final sweep of the backups")
+		require.NoError(t, st.DestroyID(ctx, id), "and its final sweep of the backups")
 		_, err = st.Load(ctx, id)
 		require.ErrorIs(t, err, store.ErrNotFound, "the deleted session came back")
 	})
@@ -911,7 +911,7 @@ func TestNoResurrectionRacingALogout(t *testing.T) {
 		id := saved(t, st, map[string]any{"k": 1}).ID()
 		s, err := st.Load(ctx, id)
 		require.NoError(t, err)
-		key, bkey, _ := st.Keys(id)
+		key, bkey, _ := st.MemcachedKeys(id)
 		for _, n := range c.Nodes {
 			_ = n.Client().Delete(bkey)
 		}

@@ -101,7 +101,7 @@ func TestRoundTripsPerOperation(t *testing.T) {
 				require.NoError(t, s.Set("n", 2))
 				return id, func() error { return st.SaveAndRelease(ctx, s) }, func() {
 					require.False(t, s.Locked(), "released")
-					_, _, lkey := st.Keys(id)
+					_, _, lkey := st.MemcachedKeys(id)
 					_, err := get(t, c, nodeOf(id), lkey)
 					require.ErrorIs(t, err, memcache.ErrCacheMiss, "the lock item is gone")
 				}
@@ -111,7 +111,7 @@ func TestRoundTripsPerOperation(t *testing.T) {
 		{
 			name: "Save of a new session: one add on its primary, one set on its backup",
 			prepare: func(t *testing.T, st *store.Store) (string, func() error, func()) {
-				s, err := st.New(ctx)
+				s, err := st.NewSession(ctx)
 				require.NoError(t, err)
 				require.NoError(t, s.Set("n", 1))
 				return s.ID(), func() error { return st.Save(ctx, s) }, nil
@@ -365,7 +365,7 @@ func TestLockHeldUntilBothCopiesAreStored(t *testing.T) {
 	primary, backup, ok := st.Placement(id)
 	require.True(t, ok)
 	third := thirdNode(t, c, primary, backup)
-	_, bkey, lkey := st.Keys(id)
+	_, bkey, lkey := st.MemcachedKeys(id)
 
 	s, err := st.LoadLocked(ctx, id)
 	require.NoError(t, err)
@@ -396,7 +396,7 @@ func TestSaveRewritesALostBackupCopy(t *testing.T) {
 	id := saved(t, st, map[string]any{"n": 1}).ID()
 	_, backup, ok := st.Placement(id)
 	require.True(t, ok)
-	_, bkey, _ := st.Keys(id)
+	_, bkey, _ := st.MemcachedKeys(id)
 	require.NoError(t, c.Node(backup).Restart(ctx))
 	_, err := get(t, c, backup, bkey)
 	require.ErrorIs(t, err, memcache.ErrCacheMiss, "the backup copy is gone")
@@ -452,7 +452,7 @@ func TestBackupElsewhereKeepsANewerCopy(t *testing.T) {
 			primary, backup, ok := st.Placement(id)
 			require.True(t, ok)
 			third := thirdNode(t, c, primary, backup)
-			_, bkey, _ := st.Keys(id)
+			_, bkey, _ := st.MemcachedKeys(id)
 			require.NoError(t, c.Node(third).Client().Set(&memcache.Item{Key: bkey, Value: []byte("there"), Flags: tc.there, Expiration: 60}))
 
 			s, err := st.Load(ctx, id)

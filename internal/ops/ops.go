@@ -42,8 +42,8 @@ type View interface {
 	MarkOutage(id string)
 	// OutageWithin reports whether the node had an outage within d.
 	OutageWithin(id string, d time.Duration) bool
-	// Gone reports whether the node's last failure was a refused connection.
-	Gone(id string) bool
+	// ConnRefused reports whether the node's last failure was a refused connection.
+	ConnRefused(id string) bool
 }
 
 // Batch is one node's batch for View.ExecMany.

@@ -163,7 +163,7 @@ func ParseLocking(v string) (httpsession.LockMode, *regexp.Regexp, error) {
 		if err != nil {
 			return 0, nil, fmt.Errorf("server: locking pattern: %w", err)
 		}
-		return httpsession.LockPattern, re, nil
+		return httpsession.LockMatching, re, nil
 	}
 	return 0, nil, fmt.Errorf("server: unknown locking mode %q (want all, none, auto or pattern:REGEXP)", v)
 }
@@ -390,7 +390,7 @@ func (s *Server) deleteAttr(ctx context.Context, r *http.Request, sess *httpsess
 	if k == "" {
 		return false, fmt.Errorf("%w: missing key parameter", errBadRequest)
 	}
-	if err := sess.Delete(k); err != nil {
+	if err := sess.Remove(k); err != nil {
 		return false, err
 	}
 	return sess.Exists()

@@ -26,7 +26,7 @@ func TestParseLocking(t *testing.T) {
 		{in: "all", mode: httpsession.LockAll},
 		{in: "none", mode: httpsession.LockNone},
 		{in: "auto", mode: httpsession.LockAuto},
-		{in: "pattern:^POST /api/", mode: httpsession.LockPattern, pattern: "^POST /api/"},
+		{in: "pattern:^POST /api/", mode: httpsession.LockMatching, pattern: "^POST /api/"},
 		{in: "pattern:", err: true},
 		{in: "pattern:(", err: true},
 		{in: "All", err: true},
