@@ -128,14 +128,26 @@ func (l *learner) record(key string, modified bool) {
 	}
 }
 
-// routeKey returns the LockAuto route of a request: "METHOD PATTERN" when
-// a ServeMux pattern is known, "METHOD PATH" otherwise.
-func routeKey(r *http.Request, pattern string) string {
-	if r.Pattern != "" {
-		pattern = r.Pattern
+// routeKey returns the LockAuto route of the request: "METHOD ROUTE",
+// where ROUTE is what Options.Route says, else the ServeMux pattern, else
+// the URL path. The request asked is the one the handler passed to
+// Manager.Session, or else the one the middleware saw. It is computed once,
+// when the session is first used: a router may recycle its routing state
+// once it returned (chi pools it). Callers hold rs.mu.
+func (rs *reqState) routeKey() string {
+	r := rs.req
+	if rs.inner != nil {
+		r = rs.inner
 	}
-	if pattern != "" {
-		return r.Method + " " + pattern
+	var route string
+	if f := rs.m.opts.Route; f != nil {
+		route = f(r)
 	}
-	return r.Method + " " + r.URL.Path
+	if route == "" {
+		route = r.Pattern
+	}
+	if route == "" {
+		route = r.URL.Path
+	}
+	return r.Method + " " + route
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/mcsession/mcsession/replica"
 	"github.com/mcsession/mcsession/store"
 )
 
@@ -24,6 +25,9 @@ type Manager struct {
 	auto    *learner
 	stats   counters
 	bg      sync.WaitGroup // background touches
+
+	owned     *replica.Cluster // the cluster Open built, closed by Close
+	closeOnce sync.Once
 }
 
 // counters are the Manager's event counts.
@@ -67,10 +71,16 @@ type Stats struct {
 
 // New returns a Manager for the sessions in st with opts' defaults filled
 // in. It fails for a nil store, an unknown locking mode, LockMatching
-// without Options.LockPattern, an invalid cookie name or negative numbers.
+// without Options.LockPattern, an invalid cookie name, negative numbers,
+// and Options.Store or Options.Cluster set (only Open reads them). The
+// Manager does not own st: close its cluster after the Manager (see Close).
+// Open builds the cluster, the store and the Manager in one call.
 func New(st *store.Store, opts Options) (*Manager, error) {
 	if st == nil {
 		return nil, errors.New("httpsession: nil store")
+	}
+	if err := checkOpenOnly(&opts); err != nil {
+		return nil, err
 	}
 	if opts.CookieName == "" {
 		opts.CookieName = DefaultCookieName
@@ -204,15 +214,16 @@ func FromContext(ctx context.Context) *Session {
 	return rs.sess
 }
 
-// Session returns the session of r, like FromContext(r.Context()). When r
-// carries a ServeMux pattern (r.Pattern) the request-state did not see,
-// LockAuto uses it for the route.
+// Session returns the session of r, like FromContext(r.Context()), and
+// remembers r for LockAuto's route (Options.Route, r.Pattern): use it when
+// the router runs inside the middleware, so that the route it matched is
+// known (the middleware's own request predates the routing).
 func (m *Manager) Session(r *http.Request) *Session {
 	s := FromContext(r.Context())
-	if s != nil && r.Pattern != "" {
+	if s != nil && m.auto != nil {
 		s.rs.mu.Lock()
-		if s.rs.pattern == "" {
-			s.rs.pattern = r.Pattern
+		if !s.rs.used {
+			s.rs.inner = r
 		}
 		s.rs.mu.Unlock()
 	}

@@ -6,6 +6,9 @@ import (
 	"regexp"
 	"strconv"
 	"time"
+
+	"github.com/mcsession/mcsession/replica"
+	"github.com/mcsession/mcsession/store"
 )
 
 // Defaults for Options fields left at their zero value.
@@ -111,10 +114,20 @@ type Options struct {
 
 	// Locking selects which requests take the session lock. Default
 	// LockAll. Under LockAuto, requests are grouped into routes by
-	// "METHOD PATTERN" when http.ServeMux set r.Pattern (Go 1.22+; the mux
-	// must be inside the middleware, or handlers must reach the session
-	// with Manager.Session(r)), and by "METHOD PATH" otherwise.
+	// "METHOD ROUTE" (see Route).
 	Locking LockMode
+	// Route names the route of a request for LockAuto, for example the
+	// pattern a router matched: chi.RouteContext(r.Context()).RoutePattern()
+	// or mux.CurrentRoute(r).GetPathTemplate() (see examples/routers). It
+	// is called once per request, when the handler first uses the session,
+	// with the request the handler passed to Manager.Session or else the
+	// one the middleware saw; so install the middleware inside the router
+	// (chi's Use, gorilla/mux's Use) or reach the session with
+	// Manager.Session(r). An empty result falls back to the default.
+	// Default nil: the http.ServeMux pattern (r.Pattern, Go 1.22+) when
+	// set, else the URL path; behind another router every concrete path is
+	// then its own route, bounded by MaxAutoRoutes.
+	Route func(r *http.Request) string
 	// LockPattern is matched against "METHOD PATH" (for example
 	// "POST /cart/add") under LockMatching; matching requests are locked.
 	// Required with LockMatching, ignored otherwise. Default nil.
@@ -157,6 +170,20 @@ type Options struct {
 	// Default DefaultCommitTimeout (10 s).
 	CommitTimeout time.Duration
 	// Logger receives failures, fail-opens, conflicts and relocations.
-	// Default slog.Default().
+	// Default slog.Default(). Open also hands it to the store and the
+	// cluster it builds when their own Logger is nil.
 	Logger *slog.Logger
+
+	// Store configures the store Open builds: codec, key prefix, default
+	// idle timeout and lifetime, maximum size, lock TTL and wait. Its
+	// Cluster field must be nil (Open builds the cluster). Default: the
+	// zero store.Config, whose defaults package store documents. Only
+	// Open reads it; New refuses a non-zero Store.
+	Store store.Config
+	// Cluster configures the memcached cluster Open builds: timeouts,
+	// connection limits, circuit breaker, dialer. Its Nodes field must be
+	// empty (Open parses the node list it is given). Default: the zero
+	// replica.Config, whose defaults package replica documents. Only Open
+	// reads it; New refuses a non-zero Cluster.
+	Cluster replica.Config
 }

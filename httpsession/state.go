@@ -30,11 +30,12 @@ type reqState struct {
 
 	mu        sync.Mutex
 	flag      LockOverride
-	pattern   string // ServeMux pattern seen by Manager.Session
-	used      bool   // the session was used: cookie read, load attempted
-	cookie    string // the request's well-formed session id, "" for none
-	clientID  string // the session id the client has after this response
-	hadCookie bool   // the request carried a cookie of our name
+	inner     *http.Request // the request handed to Manager.Session, nil until then
+	route     string        // LockAuto's route key, set when the session is first used
+	used      bool          // the session was used: cookie read, load attempted
+	cookie    string        // the request's well-formed session id, "" for none
+	clientID  string        // the session id the client has after this response
+	hadCookie bool          // the request carried a cookie of our name
 	s         *store.Session
 	err       error // sticky failure: every later use returns it
 	modified  bool  // the request wrote (or tried to write) the session
@@ -60,6 +61,9 @@ func (rs *reqState) load(ctx context.Context, force bool) error {
 	rs.used = true
 	m := rs.m
 	m.stats.requests.Add(1)
+	if m.auto != nil {
+		rs.route = rs.routeKey()
+	}
 	for _, c := range rs.req.CookiesNamed(m.opts.CookieName) {
 		rs.hadCookie = true
 		if m.st.ValidID(c.Value) {
@@ -116,7 +120,7 @@ func (rs *reqState) wantLock() bool {
 	case LockMatching:
 		return m.opts.LockPattern.MatchString(rs.req.Method + " " + rs.req.URL.Path)
 	case LockAuto:
-		if m.auto.locks(routeKey(rs.req, rs.pattern)) {
+		if m.auto.locks(rs.route) {
 			return true
 		}
 		m.stats.autoUnlocked.Add(1)
@@ -370,7 +374,7 @@ func (rs *reqState) finish() {
 		m.touchLater(rs.ctx, s)
 	}
 	if m.auto != nil && rs.used {
-		m.auto.record(routeKey(rs.req, rs.pattern), rs.modified)
+		m.auto.record(rs.route, rs.modified)
 	}
 }
 
