@@ -1,0 +1,28 @@
+package httpsession_test
+
+import (
+	"net"
+	"os"
+	"testing"
+
+	"github.com/mcsession/mcsession/integration/mcproc"
+)
+
+// nodeList is the memcached cluster of the examples: two nodes that
+// TestMain starts on free loopback ports. In production it comes from the
+// configuration, e.g. "n1=10.0.0.1:11211,n2=10.0.0.2:11211".
+var nodeList string
+
+// deadNodeList names a node where nothing listens, for the examples of
+// failure handling.
+var deadNodeList string
+
+func TestMain(m *testing.M) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	deadNodeList = "n1=" + l.Addr().String()
+	_ = l.Close()
+	os.Exit(mcproc.RunMain(m, 2, func(c *mcproc.Cluster) { nodeList = c.Spec() }))
+}
