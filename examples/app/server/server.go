@@ -168,8 +168,9 @@ func ParseLocking(v string) (httpsession.LockMode, *regexp.Regexp, error) {
 	return 0, nil, fmt.Errorf("server: unknown locking mode %q (want all, none, auto or pattern:REGEXP)", v)
 }
 
-// New builds the app from cfg: a replica.Cluster over cfg.Nodes, a
-// store.Store and an httpsession.Manager. It does not contact memcached.
+// New builds the app from cfg with httpsession.Open (a replica.Cluster over
+// cfg.Nodes, a store.Store and an httpsession.Manager). It does not contact
+// memcached.
 func New(cfg Config) (*Server, error) {
 	if cfg.Name == "" {
 		cfg.Name = DefaultName
@@ -199,25 +200,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	nodes, err := replica.ParseNodes(cfg.Nodes)
-	if err != nil {
-		return nil, fmt.Errorf("server: nodes: %w", err)
-	}
-	cluster, err := replica.New(replica.Config{Nodes: nodes, Logger: cfg.Logger})
-	if err != nil {
-		return nil, fmt.Errorf("server: %w", err)
-	}
-	st, err := store.New(store.Config{
-		Cluster:     cluster,
-		IdleTimeout: cfg.IdleTimeout,
-		Lifetime:    cfg.Lifetime,
-		Logger:      cfg.Logger,
-	})
-	if err != nil {
-		cluster.Close()
-		return nil, fmt.Errorf("server: %w", err)
-	}
-	m, err := httpsession.New(st, httpsession.Options{
+	m, err := httpsession.Open(cfg.Nodes, httpsession.Options{
 		CookieName:  cfg.CookieName,
 		IdleTimeout: cfg.IdleTimeout,
 		Lifetime:    cfg.Lifetime,
@@ -230,16 +213,18 @@ func New(cfg Config) (*Server, error) {
 			regexp.MustCompile(`^/api/nodes$`),
 		},
 		Logger: cfg.Logger,
+		Store:  store.Config{IdleTimeout: cfg.IdleTimeout, Lifetime: cfg.Lifetime},
 	})
 	if err != nil {
-		cluster.Close()
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	st := m.Store()
+	cluster := st.Cluster()
 	s := &Server{name: cfg.Name, cluster: cluster, st: st, m: m}
 
 	static, err := fs.Sub(staticFiles, "static")
 	if err != nil {
-		cluster.Close()
+		_ = m.Close()
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	mux := http.NewServeMux()
@@ -274,10 +259,7 @@ func (s *Server) Manager() *httpsession.Manager { return s.m }
 // Close waits for the background idle-timeout refreshes of finished
 // requests and closes the memcached connections. Call it after
 // http.Server.Shutdown returned.
-func (s *Server) Close() error {
-	s.m.Wait()
-	return s.cluster.Close()
-}
+func (s *Server) Close() error { return s.m.Close() }
 
 // errBadRequest marks a client error in a request's parameters.
 var errBadRequest = errors.New("bad request")
