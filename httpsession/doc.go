@@ -1,9 +1,21 @@
 // Package httpsession is net/http middleware for non-sticky sessions kept
 // in memcached by package store.
 //
-// A Manager wraps handlers with Middleware. Handlers reach the request's
-// session with FromContext(r.Context()) or Manager.Session(r) and use it
-// like a typed map:
+// Open builds everything from the list of memcached nodes; Close shuts it
+// down after http.Server.Shutdown:
+//
+//	sessions, err := httpsession.Open("n1=10.0.0.1:11211,n2=10.0.0.2:11211", httpsession.Options{})
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	defer sessions.Close()
+//	handler := sessions.Middleware(mux)
+//
+// (New makes a Manager over a store.Store built with the layered
+// constructors of packages replica and store, for sharing them.)
+//
+// Handlers reach the request's session with FromContext(r.Context()) or
+// Manager.Session(r) and use it like a typed map:
 //
 //	s := httpsession.FromContext(r.Context())
 //	n, _, err := httpsession.Get[int](s, "visits")
@@ -11,6 +23,9 @@
 //		return // the middleware answers 503 for memcached or lock failures
 //	}
 //	err = s.Set("visits", n+1)
+//
+// Remove and Clear delete attributes, RenewID gives the session a new id
+// (at login), Destroy deletes it (at logout).
 //
 // # Commit timing
 //
@@ -38,6 +53,8 @@
 // requests whose "METHOD PATH" matches a regular expression. ForceLock,
 // SkipLock and OverrideLocking override the mode for one handler or request,
 // and Session.Lock takes the lock lazily in the middle of a request.
+// LockAuto groups requests by route: the http.ServeMux pattern, or what
+// Options.Route says (for other routers).
 //
 // Saves are guarded by memcached CAS whatever the mode, so a request that
 // ran without the lock never overwrites a newer version silently: its save
