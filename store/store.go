@@ -2,7 +2,36 @@
 // ids, loads sessions with fallback to the backup copy (restoring a node
 // that restarted empty, relocating a session whose node died), saves only
 // what changed with CAS guards, refreshes idle timeouts, renews ids and
-// deletes every copy.
+// deletes every copy. Package httpsession puts it behind net/http; use it
+// directly for sessions outside HTTP handlers.
+//
+// # Life of a session
+//
+// New builds a Store over a replica.Cluster. Store.NewSession makes an
+// unsaved session with a fresh id; Session.Set, Get, Remove and Clear
+// change its attributes in memory; Store.Save writes it to its primary
+// node and a backup node. Later requests Load it by id (one round trip),
+// or LoadLocked it (lock and load in one round trip) and end with
+// SaveAndRelease, or Release when nothing changed. Store.RenewID gives a
+// session a new id (at login); Store.Destroy deletes a loaded session and
+// Store.DestroyID any session by its id (at logout).
+//
+// # Ids and keys
+//
+// A session id is 32 lowercase hex characters from crypto/rand, a "-" and
+// the id of the node that holds the primary copy ("9f2c…e1-n2"). Its items
+// are the session under KeyPrefix+id on that node, the backup copy under
+// KeyPrefix+"bak:"+id on the next healthy node, and the lock under
+// KeyPrefix+"lock:"+id on the primary (Store.MemcachedKeys). The byte
+// format is specified in docs/FORMAT.md of the repository.
+//
+// # Errors
+//
+// Load reports ErrNotFound for an id that does not parse, is unknown,
+// expired or corrupt (start a fresh session), and ErrUnavailable when the
+// nodes that could hold it did not answer. Save reports ErrConflict when
+// someone else saved the session since it was loaded (the newer value is
+// kept), ErrTooLarge, ErrExpired and ErrDestroyed.
 package store
 
 import (
