@@ -17,11 +17,12 @@ import (
 //		os.Exit(mcproc.RunMain(m, 3, func(c *mcproc.Cluster) { nodeList = c.Spec() }))
 //	}
 //
-// It starts a cluster of nodes memcached nodes with default Options, each
-// on its own free loopback port, as StartCluster does (within 30s), passes
-// it to use (which may be nil) before any test runs, runs m.Run, kills the
-// nodes and returns the exit code for os.Exit: m.Run's code, or 1 when the
-// cluster could not be started or stopped. The cluster belongs to the whole
+// It starts a Cluster of the given number of memcached nodes ("n1" to
+// "nN") with default Options, each on its own free loopback port, as
+// StartCluster does (within 30s), passes it to use (which may be nil)
+// before any test runs, runs m.Run, kills the nodes and returns the exit
+// code for os.Exit: m.Run's code, or 1 when the cluster could not be
+// started or stopped. The cluster belongs to the whole
 // test binary: a test or example that stops or restarts one of its nodes
 // should leave it running again for the others.
 //

@@ -1,0 +1,17 @@
+package replica_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/mcsession/mcsession/integration/mcproc"
+)
+
+// nodeList is the memcached cluster of the examples: three nodes that
+// TestMain starts on free loopback ports. In production it comes from the
+// configuration, e.g. "n1=10.0.0.1:11211,n2=10.0.0.2:11211,n3=10.0.0.3:11211".
+var nodeList string
+
+func TestMain(m *testing.M) {
+	os.Exit(mcproc.RunMain(m, 3, func(c *mcproc.Cluster) { nodeList = c.Spec() }))
+}
