@@ -119,13 +119,15 @@ type Options struct {
 	// Route names the route of a request for LockAuto, for example the
 	// pattern a router matched: chi.RouteContext(r.Context()).RoutePattern()
 	// or mux.CurrentRoute(r).GetPathTemplate() (see examples/routers). It
-	// is called once per request, when the handler first uses the session,
-	// with the request the handler passed to Manager.Session or else the
-	// one the middleware saw; so install the middleware inside the router
-	// (chi's Use, gorilla/mux's Use) or reach the session with
-	// Manager.Session(r). An empty result falls back to the default.
-	// Default nil: the http.ServeMux pattern (r.Pattern, Go 1.22+) when
-	// set, else the URL path; behind another router every concrete path is
+	// is called once per request, when the session is first used, with the
+	// request the handler passed to Manager.Session or else the one the
+	// middleware saw; so install the middleware inside the router (chi's
+	// Use, gorilla/mux's Use) or reach the session with Manager.Session(r),
+	// and do not use the session in a middleware that runs before the
+	// router matched (the route is then not known yet). An empty result
+	// falls back to the default. Default nil: r.Pattern (set by
+	// http.ServeMux, Go 1.22+, and by chi on the request it routes) when
+	// set, else the URL path; behind gorilla/mux every concrete path is
 	// then its own route, bounded by MaxAutoRoutes.
 	Route func(r *http.Request) string
 	// LockPattern is matched against "METHOD PATH" (for example
