@@ -3,7 +3,8 @@
 //
 // The core API (Start, StartCluster and the methods of Process and Cluster)
 // needs no testing.TB; the helpers in testing.go (RequireBinary, NewProcess,
-// NewCluster) wrap it for tests. Children are started in their own process
+// NewCluster) wrap it for tests, and RunMain for a package's TestMain (a
+// cluster shared by its tests and runnable examples). Children are started in their own process
 // group, so a Ctrl-C aimed at the parent does not reach them, and on Linux
 // they are killed when the parent dies.
 package mcproc
