@@ -53,7 +53,8 @@ const (
 	LockMatching
 )
 
-// String returns the mode's name.
+// String returns the mode's name as the example app's -locking flag spells it:
+// "all", "none", "auto" or "pattern" (LockMatching).
 func (m LockMode) String() string {
 	switch m {
 	case LockAll:
