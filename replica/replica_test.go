@@ -3,6 +3,7 @@ package replica_test
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"sync"
 	"testing"
@@ -73,6 +74,11 @@ func TestExpiration(t *testing.T) {
 		require.Equal(t, tt.want, replica.Expiration(tt.ttl, now), "ttl %v", tt.ttl)
 		require.NotZero(t, replica.Expiration(tt.ttl, now), "never 0 (= never expires)")
 	}
+
+	// Past January 2038 the absolute exptime is clamped, never wrapped.
+	late := time.Date(2037, 6, 1, 0, 0, 0, 0, time.UTC)
+	require.Equal(t, int32(math.MaxInt32), replica.Expiration(400*24*time.Hour, late))
+	require.Equal(t, int32(late.Unix()+31*24*3600), replica.Expiration(31*24*time.Hour, late))
 }
 
 func newCluster(t *testing.T, c *mcproc.Cluster) *replica.Cluster {

@@ -76,14 +76,20 @@ func (st *Store) decode(id string, it *ops.Item) (*Session, error) {
 }
 
 // fromRecord builds the session id from a decoded record with the CAS id
-// of its item; a record past its absolute deadline gives ErrNotFound.
+// of its item; a record past its absolute deadline gives ErrNotFound. A
+// record without idle timeout (0: unset, or written by another program)
+// gets the store's, so that its items are not written with a TTL of 0.
 func (st *Store) fromRecord(id string, rec *codec.Record, casID uint64) (*Session, error) {
 	if !rec.Deadline.IsZero() && !time.Now().Before(rec.Deadline) {
 		return nil, fmt.Errorf("%w: %s: past its absolute lifetime", ErrNotFound, id)
 	}
+	idle := rec.IdleTimeout
+	if idle <= 0 {
+		idle = st.idle
+	}
 	return &Session{
 		codec: st.codec, id: id, created: rec.Created, deadline: rec.Deadline,
-		idle: rec.IdleTimeout, version: rec.Version, attrs: rec.Attrs, casID: casID, // Attrs is never nil
+		idle: idle, version: rec.Version, attrs: rec.Attrs, casID: casID, // Attrs is never nil
 	}, nil
 }
 

@@ -962,3 +962,40 @@ func TestOneSlowAnswerDoesNotSlowLaterLoads(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, before+1, sumStat(t, c, "cmd_get"), "a load is still one gets")
 }
+
+// TestRecordWithoutIdleTimeoutGetsTheStores checks that a stored record
+// whose idle timeout is 0 (unset, or written by another program) loads
+// with the store's idle timeout and is saved with it, instead of with a
+// TTL of a second.
+func TestRecordWithoutIdleTimeoutGetsTheStores(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	st := newStore(t, c, func(cfg *store.Config) { cfg.IdleTimeout = 7 * time.Minute })
+	ctx := context.Background()
+	fresh, err := st.NewSession(ctx)
+	require.NoError(t, err)
+	id := fresh.ID()
+	key, _, _ := st.MemcachedKeys(id)
+	cb := codec.NewCBOR()
+	one, err := cb.Marshal(1)
+	require.NoError(t, err)
+	raw, err := codec.EncodeRecord(cb, &codec.Record{
+		Created: time.Now(), Deadline: time.Now().Add(time.Hour), Version: 1,
+		Attrs: map[string][]byte{"n": one},
+	})
+	require.NoError(t, err)
+	require.NoError(t, c.Node(nodeOf(id)).Client().Set(&memcache.Item{Key: key, Value: raw, Flags: 1, Expiration: 60}))
+
+	s, err := st.Load(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, 7*time.Minute, s.IdleTimeout())
+	require.NoError(t, s.Set("n", 2))
+	require.NoError(t, st.Save(ctx, s))
+	it, err := get(t, c, nodeOf(id), key)
+	require.NoError(t, err)
+	rec, err := codec.DecodeRecord(cb, it.Value)
+	require.NoError(t, err)
+	require.Equal(t, 7*time.Minute, rec.IdleTimeout, "saved with the store's idle timeout")
+	time.Sleep(1500 * time.Millisecond) // a 1 s TTL would have expired it by now
+	_, err = st.Load(ctx, id)
+	require.NoError(t, err)
+}
