@@ -101,6 +101,14 @@ type Options struct {
 	// http.SameSiteLaxMode; set http.SameSiteDefaultMode to send no
 	// SameSite attribute. SameSite=None needs Secure in browsers.
 	SameSite http.SameSite
+	// PersistentCookie gives the session cookie an Expires attribute: the
+	// session's absolute deadline (see Lifetime), so that it survives a
+	// browser restart. For a "remember me" login, raise the session's
+	// lifetime and idle timeout with Session.SetLifetime and
+	// SetIdleTimeout before the response starts: the cookie is sent again
+	// with the new deadline. Default false: a cookie without Expires, which
+	// the browser drops when it closes.
+	PersistentCookie bool
 	// DisableHTTPOnly leaves out the HttpOnly attribute, letting scripts
 	// read the session cookie. Default false: the cookie is HttpOnly.
 	DisableHTTPOnly bool

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/store"
@@ -35,6 +36,7 @@ type reqState struct {
 	used      bool          // the session was used: cookie read, load attempted
 	cookie    string        // the request's well-formed session id, "" for none
 	clientID  string        // the session id the client has after this response
+	expires   time.Time     // the deadline the client's cookie carries (PersistentCookie)
 	hadCookie bool          // the request carried a cookie of our name
 	s         *store.Session
 	err       error // sticky failure: every later use returns it
@@ -90,6 +92,7 @@ func (rs *reqState) load(ctx context.Context, force bool) error {
 	switch {
 	case err == nil:
 		rs.s = s
+		rs.expires = s.Deadline()
 		if s.Locked() {
 			m.stats.locked.Add(1)
 		}
@@ -294,20 +297,22 @@ func (rs *reqState) setHeaders() {
 	addVary(rs.w.Header())
 	switch {
 	case rs.s != nil && !rs.s.IsNew():
-		if id := rs.s.ID(); id != rs.clientID {
-			http.SetCookie(rs.w, rs.m.cookie(rs.req, id))
-			rs.clientID = id
+		id, deadline := rs.s.ID(), rs.s.Deadline()
+		if id != rs.clientID || (rs.m.opts.PersistentCookie && !deadline.Equal(rs.expires)) {
+			http.SetCookie(rs.w, rs.m.cookie(rs.req, id, deadline))
+			rs.clientID, rs.expires = id, deadline
 		}
 	case rs.destroyed && rs.hadCookie:
-		c := rs.m.cookie(rs.req, "")
+		c := rs.m.cookie(rs.req, "", time.Time{})
 		c.MaxAge = -1
 		http.SetCookie(rs.w, c)
 		rs.clientID = ""
 	}
 }
 
-// cookie returns the session cookie for value.
-func (m *Manager) cookie(r *http.Request, value string) *http.Cookie {
+// cookie returns the session cookie for value; with PersistentCookie it
+// expires at deadline, when set.
+func (m *Manager) cookie(r *http.Request, value string, deadline time.Time) *http.Cookie {
 	secure := false
 	switch m.opts.Secure {
 	case SecureAuto:
@@ -315,11 +320,15 @@ func (m *Manager) cookie(r *http.Request, value string) *http.Cookie {
 	case SecureAlways:
 		secure = true
 	}
-	return &http.Cookie{
+	c := &http.Cookie{
 		Name: m.opts.CookieName, Value: value,
 		Path: m.opts.CookiePath, Domain: m.opts.CookieDomain,
 		Secure: secure, HttpOnly: !m.opts.DisableHTTPOnly, SameSite: m.opts.SameSite,
 	}
+	if m.opts.PersistentCookie && !deadline.IsZero() {
+		c.Expires = deadline
+	}
+	return c
 }
 
 // addVary adds "Cookie" to the Vary header unless it is there.
