@@ -1,31 +1,50 @@
 # mcsession: `make test` runs every test against real memcached processes;
-# `make deps` installs memcached on Debian when it is missing.
+# `make deps` installs memcached on Debian when it is missing. Every target
+# prints a "==> target: step" line before each of its steps.
 GO ?= go
+# BIN is where `make demo` builds the demo; the directory ignores itself
+# (its .gitignore says "*").
+BIN ?= bin
+# DEMO_FLAGS are passed to the demo, e.g. DEMO_FLAGS="-listen 127.0.0.1:8001".
+DEMO_FLAGS ?=
 
 .PHONY: deps test vet demo bench
 
 deps:
+	@echo "==> deps: check that memcached is installed"
 	@command -v memcached >/dev/null 2>&1 || { \
-		echo "memcached not found: installing it with apt-get"; \
+		echo "==> deps: memcached not found: installing it with apt-get"; \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y memcached; }
 	@memcached -V
 
 vet:
-	$(GO) vet ./...
+	@echo "==> vet: $(GO) vet ./..."
+	@$(GO) vet ./...
 
 # test also vets and tests the bench module (its own go.mod), so that a
 # change to the library cannot silently break `make bench`.
 test: deps vet
-	$(GO) test -race -count=1 ./...
-	cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...
+	@echo "==> test: $(GO) test -race -count=1 ./... (against real memcached processes)"
+	@$(GO) test -race -count=1 ./...
+	@echo "==> test: cd bench && $(GO) vet ./... && $(GO) test -count=1 ./..."
+	@cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # demo: 3 memcached nodes, 2 app servers and a round-robin proxy with a live
-# page (prints its URL; Ctrl-C stops everything).
+# page (prints its URL; Ctrl-C stops everything). The demo is built, then
+# run as make's own child, not with `go run`: `go run` exits with status 1
+# whenever it gets a SIGINT, so make would report an error for the Ctrl-C
+# that is the normal end of the demo; the demo itself exits with status 0
+# once it has stopped everything it started.
 demo: deps
-	$(GO) run ./examples/cluster
+	@echo "==> demo: $(GO) build -o $(BIN)/cluster ./examples/cluster"
+	@mkdir -p $(BIN) && echo '*' > $(BIN)/.gitignore
+	@$(GO) build -o $(BIN)/cluster ./examples/cluster
+	@echo "==> demo: $(strip $(BIN)/cluster $(DEMO_FLAGS)) (Ctrl-C stops everything)"
+	@$(BIN)/cluster $(DEMO_FLAGS)
 
 # bench: mcsession next to the floor (raw gomemcache) and peer libraries,
 # side by side on 3 local memcached nodes; writes bench/out/results.{json,md,png}
 # in under two minutes (see bench/README.md).
 bench: deps
-	cd bench && $(GO) run . -out out
+	@echo "==> bench: cd bench && $(GO) run . -out out (about two minutes)"
+	@cd bench && $(GO) run . -out out

@@ -7,8 +7,11 @@
 //
 //	go run ./examples/cluster [-listen 127.0.0.1:8000] [-nodes 3] [-apps 2] [-locking all]
 //
-// Run it from the module root (it builds ./examples/app). Ctrl-C stops
-// every child process.
+// Run it from the module root (it builds ./examples/app). Ctrl-C (SIGINT)
+// or SIGTERM stops every child process, also while the demo is starting,
+// and the program then exits with status 0. `make demo` builds this program
+// and runs the binary rather than "go run": "go run" exits with status 1
+// whenever it gets a SIGINT, whatever its child's status.
 package main
 
 import (
@@ -26,7 +29,19 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	// SIGINT and SIGTERM stay caught until the program exits: a second
+	// Ctrl-C, even one that arrives as main returns, must not kill it before
+	// it has stopped its children (and make would report an error).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	go func() {
+		cancel(signalReceived{<-sigs})
+		for sig := range sigs {
+			fmt.Fprintf(os.Stderr, "cluster: %v: already stopping, please wait\n", sig)
+		}
+	}()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -35,8 +50,23 @@ func main() {
 	}
 }
 
-// run parses args, runs the demo until SIGINT or SIGTERM, and stops it.
-func run(args []string, stdout, stderr io.Writer) error {
+// signalReceived is the cause of run's context when a signal ended it.
+type signalReceived struct{ sig os.Signal }
+
+func (s signalReceived) Error() string { return "received " + s.sig.String() }
+
+// run parses args, runs the demo until ctx is done (main cancels it on
+// SIGINT or SIGTERM), and stops everything it started. The end of ctx is
+// the normal end of the demo, even while it is still starting: run then
+// returns nil once every child process is gone, so the program exits with
+// status 0.
+//
+// Ctrl-C in a terminal sends SIGINT to the whole foreground process group
+// (make and this program). The memcached nodes, the app servers and the
+// build of the app run in process groups of their own (mcproc, appproc),
+// so they do not get it: this program stops them, in order. The stop is
+// bounded by the children's grace periods.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var cfg demo.Config
 	var locking string
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
@@ -53,24 +83,29 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	cfg.AppArgs = []string{"-locking", locking}
-	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil)).With("who", "demo")
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("who", "demo")
+	cfg.Logger = log
 	if !*quiet {
 		cfg.AppLog = stderr
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	d, err := demo.Start(ctx, cfg)
 	if err != nil {
+		if ctx.Err() != nil && !errors.Is(err, demo.ErrNotStopped) {
+			// Interrupted while starting; Start stopped what it had started.
+			log.Info("start interrupted", "err", err)
+			fmt.Fprintf(stdout, "\n%v while starting: stopped everything the demo had started\n", context.Cause(ctx))
+			return nil
+		}
 		return err
 	}
 	fmt.Fprintf(stdout, "\nmcsession demo: open %s  (Ctrl-C stops everything)\n\n", d.URL())
 	<-ctx.Done()
-	stop()
-	fmt.Fprintln(stdout, "\nstopping the app servers and memcached nodes…")
+	fmt.Fprintf(stdout, "\n%v: stopping the page and proxy, %d app servers and %d memcached nodes…\n",
+		context.Cause(ctx), len(d.Apps()), len(d.Nodes().Nodes))
 	if err := d.Close(); err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, "stopped")
+	fmt.Fprintln(stdout, "stopped everything the demo started")
 	return nil
 }

@@ -3,9 +3,9 @@
 //
 // A child is started with "-listen 127.0.0.1:0" by default and Start waits
 // for the line the app prints once it listens, so ports are never guessed.
-// Children run in their own process group (a Ctrl-C aimed at the parent's
-// terminal does not reach them; the parent stops them in order) and, on
-// Linux, are killed when the parent dies.
+// Children, and the "go build" of Build, run in their own process group (a
+// Ctrl-C aimed at the parent's terminal does not reach them; the parent
+// stops them in order) and, on Linux, are killed when the parent dies.
 package appproc
 
 import (
@@ -32,6 +32,9 @@ const (
 	DefaultStartTimeout = 30 * time.Second
 	// StopGrace is how long Stop waits after SIGTERM before SIGKILL.
 	StopGrace = 12 * time.Second
+	// buildStopGrace is how long Build waits for "go build" to exit after
+	// its SIGINT before SIGKILL.
+	buildStopGrace = 10 * time.Second
 	// reapTimeout bounds the wait for a killed child to be reaped.
 	reapTimeout = 10 * time.Second
 )
@@ -50,6 +53,14 @@ func Build(ctx context.Context, dir string) (string, error) {
 	}
 	out := filepath.Join(dir, "app")
 	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, ImportPath)
+	// Like the apps, the build runs in its own process group: a Ctrl-C at
+	// the parent's terminal does not reach it, so it only stops when ctx
+	// ends (a build that fails while ctx is live really failed). It then
+	// gets a SIGINT, it and its compilers, and SIGKILL after
+	// buildStopGrace.
+	cmd.SysProcAttr = sysProcAttr()
+	cmd.Cancel = func() error { return interruptGroup(cmd) }
+	cmd.WaitDelay = buildStopGrace
 	var msg bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &msg, &msg
 	if err := cmd.Run(); err != nil {

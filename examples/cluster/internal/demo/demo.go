@@ -69,6 +69,10 @@ const (
 	shutdownTimeout = 5 * time.Second
 )
 
+// ErrNotStopped is in the error of a failed Start (one cancelled by its
+// context included) when Start could not stop everything it had started.
+var ErrNotStopped = errors.New("demo: could not stop everything it started")
+
 // Config configures the demo. The zero value gives the documented
 // defaults.
 type Config struct {
@@ -179,7 +183,8 @@ type State struct {
 
 // Start builds (when needed) and starts everything: the memcached nodes,
 // the app servers and the proxy with the page. ctx bounds the start only;
-// Close stops everything. On failure, whatever was started is stopped.
+// Close stops everything. On failure (ctx cancelled included), whatever was
+// started is stopped, and the error wraps ErrNotStopped if that failed.
 func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
@@ -221,7 +226,9 @@ func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 	}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, d.Close())
+			if cerr := d.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("%w: %w", ErrNotStopped, cerr))
+			}
 			d = nil
 		}
 	}()
@@ -309,18 +316,26 @@ func (d *Demo) Nodes() *mcproc.Cluster { return d.mc }
 // Apps returns the app server processes.
 func (d *Demo) Apps() []*appproc.Proc { return d.apps }
 
-// Close stops the HTTP server, the app servers (gracefully) and the
-// memcached nodes, and removes the built app. A second Close returns the
-// first one's result.
+// Close stops the HTTP server (the page and the proxy), the app servers
+// and the memcached nodes, all gracefully (SIGTERM, then SIGKILL after a
+// grace period), and removes the built app. It logs each thing it stopped
+// to Config.Logger and waits until every child process has exited. A
+// second Close returns the first one's result.
 func (d *Demo) Close() error {
 	d.closeOnce.Do(func() {
 		var errs []error
 		if d.srv != nil {
+			// Requests still in flight after shutdownTimeout (a browser
+			// tab) are cut off: the demo stops either way.
 			ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 			if err := d.srv.Shutdown(ctx); err != nil {
-				errs = append(errs, fmt.Errorf("demo: shutdown: %w", err))
+				d.log.Warn("requests still open; closing their connections", "after", shutdownTimeout, "err", err)
+				if err := d.srv.Close(); err != nil {
+					errs = append(errs, fmt.Errorf("demo: close the server: %w", err))
+				}
 			}
 			cancel()
+			d.log.Info("stopped the page and the proxy", "url", d.URL())
 		} else if d.ln != nil {
 			d.ln.Close()
 		}
@@ -328,22 +343,31 @@ func (d *Demo) Close() error {
 			d.stopPoll()
 			<-d.pollDone
 		}
-		var wg sync.WaitGroup
-		appErrs := make([]error, len(d.apps))
-		for i, p := range d.apps {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				appErrs[i] = p.Stop()
-			}()
-		}
-		wg.Wait()
-		errs = append(errs, appErrs...)
+		errs = append(errs, parallel(len(d.apps), func(i int) error {
+			p := d.apps[i]
+			if err := p.Stop(); err != nil {
+				return err
+			}
+			d.log.Info("stopped app server", "name", p.Name(), "pid", p.Pid())
+			return nil
+		}))
 		if d.cluster != nil {
 			errs = append(errs, d.cluster.Close())
 		}
 		if d.mc != nil {
-			errs = append(errs, d.mc.Close())
+			errs = append(errs, parallel(len(d.mc.Nodes), func(i int) error {
+				n := d.mc.Nodes[i]
+				if !n.Running() { // stopped from the page
+					d.log.Info("memcached node already stopped", "node", n.ID, "addr", n.Addr())
+					return nil
+				}
+				if err := n.Stop(); err != nil {
+					return err
+				}
+				d.log.Info("stopped memcached node", "node", n.ID, "addr", n.Addr())
+				return nil
+			}))
+			errs = append(errs, d.mc.Close()) // kills whatever Stop left
 		}
 		if d.tmpDir != "" {
 			errs = append(errs, os.RemoveAll(d.tmpDir))
@@ -351,6 +375,21 @@ func (d *Demo) Close() error {
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr
+}
+
+// parallel runs f(0) ... f(n-1) concurrently and joins their errors.
+func parallel(n int, f func(i int) error) error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f(i)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // poll probes nodes and apps every PollInterval, and at once when asked
