@@ -2,8 +2,7 @@
 # `make deps` installs memcached on Debian when it is missing. Every target
 # prints a "==> target: step" line before each of its steps.
 GO ?= go
-# BIN is where `make demo` builds the demo; the directory ignores itself
-# (its .gitignore says "*").
+# BIN is where `make demo` builds the demo (ignored by git).
 BIN ?= bin
 # DEMO_FLAGS are passed to the demo, e.g. DEMO_FLAGS="-listen 127.0.0.1:8001".
 DEMO_FLAGS ?=
@@ -21,13 +20,15 @@ vet:
 	@echo "==> vet: $(GO) vet ./..."
 	@$(GO) vet ./...
 
-# test also vets and tests the bench module (its own go.mod), so that a
-# change to the library cannot silently break `make bench`.
+# test also vets and tests the bench and router-example modules (their own
+# go.mod), so that a change to the library cannot silently break them.
 test: deps vet
 	@echo "==> test: $(GO) test -race -count=1 ./... (against real memcached processes)"
 	@$(GO) test -race -count=1 ./...
 	@echo "==> test: cd bench && $(GO) vet ./... && $(GO) test -count=1 ./..."
 	@cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...
+	@echo "==> test: cd examples/routers && $(GO) vet ./... && $(GO) test -race -count=1 ./... (chi, gorilla/mux)"
+	@cd examples/routers && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
 # demo: 3 memcached nodes, 2 app servers and a round-robin proxy with a live
 # page (prints its URL; Ctrl-C stops everything). The demo is built, then
@@ -37,7 +38,6 @@ test: deps vet
 # once it has stopped everything it started.
 demo: deps
 	@echo "==> demo: $(GO) build -o $(BIN)/cluster ./examples/cluster"
-	@mkdir -p $(BIN) && echo '*' > $(BIN)/.gitignore
 	@$(GO) build -o $(BIN)/cluster ./examples/cluster
 	@echo "==> demo: $(strip $(BIN)/cluster $(DEMO_FLAGS)) (Ctrl-C stops everything)"
 	@$(BIN)/cluster $(DEMO_FLAGS)
@@ -45,6 +45,10 @@ demo: deps
 # bench: mcsession next to the floor (raw gomemcache) and peer libraries,
 # side by side on 3 local memcached nodes; writes bench/out/results.{json,md,png}
 # in under two minutes (see bench/README.md).
+# Built, then run (not `go run`), so that a Ctrl-C ends it without make
+# reporting an error, as for the demo.
 bench: deps
-	@echo "==> bench: cd bench && $(GO) run . -out out (about two minutes)"
-	@cd bench && $(GO) run . -out out
+	@echo "==> bench: cd bench && $(GO) build -o out/bench ."
+	@cd bench && $(GO) build -o out/bench .
+	@echo "==> bench: bench/out/bench -out out (about two minutes)"
+	@cd bench && ./out/bench -out out
