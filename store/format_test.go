@@ -637,22 +637,6 @@ type lockCase struct {
 // exptimeNow is the fixed "now" of exptime.json: 2023-11-14T22:13:20.750Z.
 const exptimeNowMs = 1_700_000_000_750
 
-// sessionExptime is the store's rule for the exptime of a session's items
-// (store.ttl, unexported): the idle timeout, shortened to the time left
-// before the absolute deadline, plus one second, through
-// replica.Expiration; ok is false once the deadline has passed.
-func sessionExptime(idle time.Duration, deadline, now time.Time) (int32, bool) {
-	d := idle
-	if !deadline.IsZero() {
-		left := deadline.Sub(now)
-		if left <= 0 {
-			return 0, false
-		}
-		d = min(d, left)
-	}
-	return replica.Expiration(d+time.Second, now), true
-}
-
 func buildExptime(t testing.TB) []byte {
 	t.Helper()
 	now := time.UnixMilli(exptimeNowMs)
@@ -692,7 +676,7 @@ func buildExptime(t testing.TB) []byte {
 	}
 	var scases []sessionCase
 	for _, c := range sess {
-		exp, ok := sessionExptime(c.idle, c.deadline, now)
+		exp, ok := store.SessionExptime(c.idle, c.deadline, now)
 		scases = append(scases, sessionCase{IdleTimeoutMs: c.idle.Milliseconds(), DeadlineUnixMs: unixMs(c.deadline),
 			Expired: !ok, Exptime: exp, Note: c.note})
 	}
@@ -974,7 +958,7 @@ func TestFormatIDs(t *testing.T) {
 }
 
 // TestFormatExptime checks exptime.json against replica.Expiration (and
-// the store's session and lock rules as this file restates them).
+// the store's own session rule, and the lock rule as this file restates it).
 func TestFormatExptime(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(formatDir, "exptime.json"))
 	require.NoError(t, err)
@@ -988,7 +972,7 @@ func TestFormatExptime(t *testing.T) {
 		require.NotZero(t, c.Exptime)
 	}
 	for _, c := range v.Session.Cases {
-		exp, ok := sessionExptime(time.Duration(c.IdleTimeoutMs)*time.Millisecond, fromUnixMs(c.DeadlineUnixMs), now)
+		exp, ok := store.SessionExptime(time.Duration(c.IdleTimeoutMs)*time.Millisecond, fromUnixMs(c.DeadlineUnixMs), now)
 		require.Equal(t, c.Expired, !ok, c.Note)
 		require.Equal(t, c.Exptime, exp, c.Note)
 	}
