@@ -24,7 +24,7 @@ type Manager struct {
 	onError func(w http.ResponseWriter, r *http.Request, err error)
 	auto    *learner
 	stats   counters
-	bg      sync.WaitGroup // background touches
+	bg      background // background touches
 
 	owned     *replica.Cluster // the cluster Open built, closed by Close
 	closeOnce sync.Once
@@ -127,6 +127,7 @@ func New(st *store.Store, opts Options) (*Manager, error) {
 	}
 	opts.Ignore = append([]*regexp.Regexp(nil), opts.Ignore...)
 	m := &Manager{st: st, opts: opts, log: opts.Logger, onError: opts.ErrorHandler}
+	m.bg.idle.L = &m.bg.mu
 	if opts.Locking == LockAuto {
 		m.auto = newLearner(opts.AutoThreshold, opts.MaxAutoRoutes)
 	}
@@ -152,9 +153,10 @@ func (m *Manager) Stats() Stats {
 }
 
 // Wait blocks until the background idle-timeout refreshes of finished
-// requests are done (each is bounded by Options.TouchTimeout). Call it at
-// shutdown, after http.Server.Shutdown returned.
-func (m *Manager) Wait() { m.bg.Wait() }
+// requests are done (each is bounded by Options.TouchTimeout). It may be
+// called while requests are served (it then also waits for the refreshes
+// they start meanwhile); at shutdown, call Close instead.
+func (m *Manager) Wait() { m.bg.wait() }
 
 // ignored reports whether r gets no session.
 func (m *Manager) ignored(r *http.Request) bool {
@@ -239,9 +241,11 @@ func (m *Manager) commitContext(ctx context.Context) (context.Context, context.C
 // touchLater refreshes the idle timeout of s in the background, when it
 // is due (store.Config.TouchAfter).
 func (m *Manager) touchLater(ctx context.Context, s *store.Session) {
-	m.bg.Add(1)
+	if !m.bg.start() {
+		return // closed: requests still running after Close refresh nothing
+	}
 	go func() {
-		defer m.bg.Done()
+		defer m.bg.done()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.TouchTimeout)
 		defer cancel()
 		touched, err := m.st.TouchIfDue(ctx, s)
@@ -253,4 +257,51 @@ func (m *Manager) touchLater(ctx context.Context, s *store.Session) {
 			m.stats.touches.Add(1)
 		}
 	}()
+}
+
+// background counts the background work of a Manager. Unlike a
+// sync.WaitGroup it may be waited for while work is still being started,
+// and after close it starts nothing.
+type background struct {
+	mu     sync.Mutex
+	idle   sync.Cond // signalled when n drops to 0; L is &mu (set by New)
+	n      int
+	closed bool
+}
+
+// start reports whether a job may start (false after close) and counts it.
+func (b *background) start() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false
+	}
+	b.n++
+	return true
+}
+
+// done ends a job that start let in.
+func (b *background) done() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n--; b.n == 0 {
+		b.idle.Broadcast()
+	}
+}
+
+// wait blocks until no job runs.
+func (b *background) wait() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.n > 0 {
+		b.idle.Wait()
+	}
+}
+
+// close lets no more jobs start and waits for the running ones.
+func (b *background) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	b.wait()
 }

@@ -59,7 +59,7 @@ func Open(nodes string, opts Options) (*Manager, error) {
 	m, err := New(st, opts)
 	if err != nil {
 		_ = cluster.Close()
-		return nil, err
+		return nil, fmt.Errorf("httpsession: open: %w", err)
 	}
 	m.opts.Store, m.opts.Cluster = given.Store, given.Cluster
 	m.owned = cluster
@@ -68,14 +68,15 @@ func Open(nodes string, opts Options) (*Manager, error) {
 
 // Close shuts the Manager down; call it after http.Server.Shutdown
 // returned. It waits for the background idle-timeout refreshes (see Wait)
-// and then, for a Manager made by Open, closes the connections of the
-// cluster Open built; requests served after that fail with 503. A Manager
+// and starts no more, and then, for a Manager made by Open, closes the
+// connections of the cluster Open built: requests still running (a
+// Shutdown that timed out) or served after that fail with 503. A Manager
 // made by New leaves its store and cluster open for their owner to close.
 // Calls after the first return nil.
 func (m *Manager) Close() error {
 	var err error
 	m.closeOnce.Do(func() {
-		m.Wait()
+		m.bg.close()
 		if m.owned != nil {
 			err = m.owned.Close()
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,4 +122,65 @@ func TestCloseOfNewLeavesTheClusterOpen(t *testing.T) {
 	require.NoError(t, err, "a zero Store is not a setting")
 	require.NoError(t, m.Close())
 	require.NoError(t, st.Cluster().Ping(context.Background(), "n1"))
+}
+
+// TestCloseWhileServing closes a Manager while requests are still being
+// served (an http.Server.Shutdown that timed out): Close must not race
+// with the idle-timeout refreshes finished requests start, and requests
+// after it fail with 503 instead of panicking.
+func TestCloseWhileServing(t *testing.T) {
+	t.Parallel()
+	mc := mcproc.NewCluster(t, 2)
+	m, err := httpsession.Open(mc.Spec(), httpsession.Options{
+		Logger: discard, Locking: httpsession.LockNone,
+		Store: store.Config{TouchAfter: -1}, // every read starts a background refresh
+	})
+	require.NoError(t, err)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			counterHandler(w, r)
+			return
+		}
+		n, _, err := httpsession.Get[int](httpsession.FromContext(r.Context()), "n")
+		if err == nil {
+			fmt.Fprint(w, n) // read-only: a background refresh follows
+		}
+	})
+	srv := &server{m: m, srv: httptest.NewServer(m.Middleware(handler))}
+	t.Cleanup(srv.srv.Close)
+	c := newClient(t)
+	require.Equal(t, "1", c.ok(srv, "POST", "/"))
+	id := c.sessionID(srv)
+
+	var wg sync.WaitGroup
+	codes := make(chan int, 8*50)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rc := newClient(t)
+			rc.setCookie(srv, id)
+			for range 50 {
+				r, err := rc.try(srv, "GET", "/")
+				if err != nil {
+					t.Errorf("request: %v", err)
+					return
+				}
+				codes <- r.code
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	require.NoError(t, m.Close())
+	wg.Wait()
+	close(codes)
+	seen := map[int]int{}
+	for code := range codes {
+		seen[code]++
+	}
+	for code := range seen {
+		require.Contains(t, []int{http.StatusOK, http.StatusServiceUnavailable}, code, "codes seen: %v", seen)
+	}
+	r := c.do(srv, "GET", "/")
+	require.Equal(t, http.StatusServiceUnavailable, r.code, "after Close")
 }
