@@ -19,10 +19,18 @@
 //
 //	s := httpsession.FromContext(r.Context())
 //	n, _, err := httpsession.Get[int](s, "visits")
-//	if err != nil {
-//		return // the middleware answers 503 for memcached or lock failures
+//	if err == nil {
+//		err = s.Set("visits", n+1)
 //	}
-//	err = s.Set("visits", n+1)
+//	if err != nil {
+//		http.Error(w, "session error", http.StatusInternalServerError)
+//		return
+//	}
+//
+// When memcached or the lock failed, the middleware has answered already
+// (503 by default, see Errors below) and the handler's writes are
+// discarded; other errors, such as a stored value that does not decode
+// into the type asked for, are the handler's to answer.
 //
 // Remove and Clear delete attributes, RenewID gives the session a new id
 // (at login), Destroy deletes it (at logout).

@@ -69,10 +69,11 @@ func Example() {
 	mux.HandleFunc("POST /visit", func(w http.ResponseWriter, r *http.Request) {
 		s := httpsession.FromContext(r.Context())
 		n, _, err := httpsession.Get[int](s, "visits")
-		if err != nil {
-			return // the middleware answers (503 when memcached is down)
+		if err == nil {
+			err = s.Set("visits", n+1)
 		}
-		if err := s.Set("visits", n+1); err != nil {
+		if err != nil { // memcached down: the middleware answers 503 instead
+			http.Error(w, "session error", http.StatusInternalServerError)
 			return
 		}
 		fmt.Fprintf(w, "visit %d", n+1)

@@ -137,7 +137,9 @@ func New(st *store.Store, opts Options) (*Manager, error) {
 // Store returns the store the Manager keeps sessions in.
 func (m *Manager) Store() *store.Store { return m.st }
 
-// Options returns the options in force, defaults filled in.
+// Options returns the options in force, defaults filled in; Store and
+// Cluster are as given to Open (zero for a Manager made by New), so pass
+// the result to Open, not to New.
 func (m *Manager) Options() Options { return m.opts }
 
 // Stats returns the Manager's event counts.

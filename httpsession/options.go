@@ -115,10 +115,13 @@ type Options struct {
 
 	// IdleTimeout is how long a new session lives without requests. It is
 	// stored with the session (Session.SetIdleTimeout), so every server
-	// honours it. Default 0: the store's Config.IdleTimeout.
+	// honours it. Default 0: the store's Config.IdleTimeout (with Open,
+	// Options.Store.IdleTimeout; when both are set, this one wins for the
+	// sessions this Manager creates).
 	IdleTimeout time.Duration
 	// Lifetime is the absolute lifetime of a new session. Default 0: the
-	// store's Config.Lifetime.
+	// store's Config.Lifetime (with Open, Options.Store.Lifetime; when
+	// both are set, this one wins for the sessions this Manager creates).
 	Lifetime time.Duration
 
 	// Locking selects which requests take the session lock. Default
@@ -133,8 +136,9 @@ type Options struct {
 	// middleware saw; so install the middleware inside the router (chi's
 	// Use, gorilla/mux's Use) or reach the session with Manager.Session(r),
 	// and do not use the session in a middleware that runs before the
-	// router matched (the route is then not known yet). An empty result
-	// falls back to the default. Default nil: r.Pattern (set by
+	// router matched (the route is then not known yet). Route must not
+	// use the session (it runs while the session is being loaded). An
+	// empty result falls back to the default. Default nil: r.Pattern (set by
 	// http.ServeMux, Go 1.22+, and by chi on the request it routes) when
 	// set, else the URL path; behind gorilla/mux every concrete path is
 	// then its own route, bounded by MaxAutoRoutes.
@@ -151,7 +155,9 @@ type Options struct {
 	// DefaultMaxAutoRoutes (10000).
 	MaxAutoRoutes int
 	// LockTimeout is how long a request waits for a session lock held by
-	// another request. Default 0: the store's lock.Config.WaitTimeout.
+	// another request. Default 0: the store's lock.Config.WaitTimeout
+	// (with Open, Options.Store.Lock.WaitTimeout; when both are set, this
+	// one wins).
 	LockTimeout time.Duration
 	// FailOpen makes a request whose lock wait timed out proceed without
 	// the lock (counted in Stats.FailOpens and logged); its save is still

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -118,10 +119,10 @@ func TestRouteFallsBackToPattern(t *testing.T) {
 	t.Parallel()
 	mc := mcproc.NewCluster(t, 1)
 	st := newStore(t, mc.Spec(), lock.Config{})
-	asked := 0
+	var asked atomic.Int32
 	m, err := httpsession.New(st, httpsession.Options{
 		Locking: httpsession.LockAuto, Logger: discard,
-		Route: func(*http.Request) string { asked++; return "" },
+		Route: func(*http.Request) string { asked.Add(1); return "" },
 	})
 	require.NoError(t, err)
 	mux := http.NewServeMux()
@@ -141,5 +142,5 @@ func TestRouteFallsBackToPattern(t *testing.T) {
 		got = append(got, c.ok(srv, "GET", fmt.Sprintf("/p/%d", i)))
 	}
 	require.Equal(t, []string{"true", "true", "true", "false"}, got)
-	require.Equal(t, 5, asked, "Route is asked once per request that uses the session")
+	require.Equal(t, int32(5), asked.Load(), "Route is asked once per request that uses the session")
 }

@@ -378,6 +378,9 @@ func (rs *reqState) finish() {
 		m.stats.errors.Add(1)
 		m.log.Warn("httpsession: session id changed after the response started: the client keeps the old cookie",
 			"from", rs.clientID, "to", s.ID(), "path", rs.req.URL.Path)
+	} else if m.opts.PersistentCookie && s != nil && !s.IsNew() && rs.err == nil && !s.Deadline().Equal(rs.expires) {
+		m.log.Warn("httpsession: session lifetime changed after the response started: the cookie keeps its old expiry",
+			"id", s.ID(), "path", rs.req.URL.Path)
 	}
 	if s != nil && !s.IsNew() && !rs.saved && rs.err == nil {
 		m.touchLater(rs.ctx, s)

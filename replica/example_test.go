@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"net"
 	"time"
 
 	"github.com/mcsession/mcsession/replica"
@@ -116,13 +115,9 @@ func ExampleCluster_Ping_nodeDown() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	// An address where nothing listens: a port that was free a moment ago.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	deadAddr := l.Addr().String()
-	l.Close()
+	// An address where nothing listens (port 1 is reserved and unused
+	// here, so the connection is refused).
+	deadAddr := "127.0.0.1:1"
 
 	cluster, err := replica.New(replica.Config{Nodes: []replica.Node{
 		{ID: "a", Addr: live[0].Addr},

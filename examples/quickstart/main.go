@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/mcsession/mcsession/httpsession"
 )
@@ -28,10 +29,11 @@ func main() {
 	mux.HandleFunc("POST /cart", func(w http.ResponseWriter, r *http.Request) {
 		s := httpsession.FromContext(r.Context())
 		n, _, err := httpsession.Get[int](s, "items")
-		if err != nil {
-			return // the middleware answers (503 when memcached is down)
+		if err == nil {
+			err = s.Set("items", n+1) // saved before the response
 		}
-		if err := s.Set("items", n+1); err != nil { // saved before the response
+		if err != nil { // memcached down: the middleware answers 503 instead
+			http.Error(w, "session error", http.StatusInternalServerError)
 			return
 		}
 		fmt.Fprintf(w, "%d items\n", n+1)
@@ -44,8 +46,10 @@ func main() {
 		}
 	}()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	<-ctx.Done()
-	_ = srv.Shutdown(context.Background()) // lets running requests finish
-	_ = sessions.Close()                   // then closes the memcached connections
+	stop() // a second Ctrl-C ends the program at once
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(ctx) // lets running requests finish
+	_ = sessions.Close()  // then closes the memcached connections
 }

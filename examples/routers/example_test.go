@@ -79,8 +79,9 @@ func ExampleChiRoute() {
 	r.Get("/items/{id}", func(w http.ResponseWriter, r *http.Request) {
 		s := httpsession.FromContext(r.Context())
 		user, _, err := httpsession.Get[string](s, "user")
-		if err != nil {
-			return // the middleware answers (503 when memcached is down)
+		if err != nil { // memcached down: the middleware answers 503 instead
+			http.Error(w, "session error", http.StatusInternalServerError)
+			return
 		}
 		fmt.Fprintf(w, "%s reads item %s, locked: %t", user, chi.URLParam(r, "id"), s.Locked())
 	})
