@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +18,8 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mcsession/mcsession/examples/internal/syncbuf"
+
 	"github.com/mcsession/mcsession/examples/app/server"
 	"github.com/mcsession/mcsession/examples/internal/appproc"
 	"github.com/mcsession/mcsession/integration/mcproc"
@@ -34,24 +35,6 @@ const (
 	// requestTimeout bounds every HTTP request of the tests.
 	requestTimeout = 20 * time.Second
 )
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes (a child's log).
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // env is a running test setup: memcached nodes and app processes.
 type env struct {
@@ -77,7 +60,7 @@ func startEnv(t *testing.T, bin string, args ...string) *env {
 	t.Helper()
 	e := &env{mc: mcproc.NewCluster(t, 3)}
 	for _, name := range []string{"A", "B"} {
-		logs := &syncBuffer{}
+		logs := &syncbuf.Buffer{}
 		ctx, cancel := context.WithTimeout(context.Background(), appproc.DefaultStartTimeout)
 		p, err := appproc.Start(ctx, appproc.Options{
 			Binary: bin, Name: name, Nodes: e.mc.Spec(), Args: args, Stderr: logs,

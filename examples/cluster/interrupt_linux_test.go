@@ -14,12 +14,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/mcsession/mcsession/examples/internal/syncbuf"
 
 	"github.com/mcsession/mcsession/examples/cluster/internal/demo"
 	"github.com/mcsession/mcsession/integration/mcproc"
@@ -43,30 +44,12 @@ const (
 
 var urlLine = regexp.MustCompile(`mcsession demo: open (http://\S+)`)
 
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // demoProc is the demo program running in its own process group.
 type demoProc struct {
 	cmd    *exec.Cmd
 	marker string // in the environment of the demo and of all its children
-	stdout syncBuffer
-	stderr syncBuffer
+	stdout syncbuf.Buffer
+	stderr syncbuf.Buffer
 	done   chan struct{} // closed once cmd.Wait returned
 	err    error         // cmd.Wait's result, read after done
 }

@@ -11,12 +11,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/mcsession/mcsession/examples/internal/syncbuf"
 
 	"github.com/mcsession/mcsession/integration/mcproc"
 )
@@ -66,7 +67,7 @@ func TestQuickStartRuns(t *testing.T) {
 
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(), "MEMCACHED_NODES="+mc.Spec(), "LISTEN="+addr)
-	var stderr lockedBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)
@@ -111,23 +112,4 @@ func TestQuickStartRuns(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("quickstart did not exit within 30 s of SIGINT")
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for the child's output goroutine
-// and the test reading it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
