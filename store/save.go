@@ -94,7 +94,13 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 		// save cannot bring back a session that was deleted meanwhile.
 		w.breq.Mode = meta.ModeReplace
 	}
-	pErr, bErr, newCAS := st.replicate(ctx, &w, skipPrimary)
+	var pErr, bErr error
+	var newCAS uint64
+	if st.async != nil && backup != "" && !skipPrimary {
+		pErr, bErr, newCAS = st.replicateAsync(ctx, &w, id, version, exp)
+	} else {
+		pErr, bErr, newCAS = st.replicate(ctx, &w, skipPrimary)
+	}
 	for tried := []string{node}; isNew && errors.Is(pErr, replica.ErrNodeDown); {
 		// A new session is stored nowhere yet: try the next healthy node
 		// under a matching id before giving up.
@@ -258,6 +264,52 @@ func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pEr
 		}
 	}
 	return pErr, bErr, cas
+}
+
+// replicateAsync is replicate for Config.AsyncWrites in non-sticky mode:
+// the primary copy is written now and, when that succeeded, the backup
+// copy is queued (bErr nil). When the primary write failed, or the queue
+// is full, the backup copy is written now too, so that the caller's
+// failover logic sees both answers as replicate gives them.
+func (st *Store) replicateAsync(ctx context.Context, w *write, id string, version uint64, exp int32) (pErr, bErr error, cas uint64) {
+	primaryOnly := *w
+	primaryOnly.backup = ""
+	pErr, _, cas = st.replicate(ctx, &primaryOnly, false)
+	if pErr == nil && st.async.enqueue(id, st.backupWrite(w.primary, w.preq.Key, w.backup, w.breq, version, exp)) {
+		return nil, nil, cas
+	}
+	_, bErr, _ = st.replicate(ctx, w, true)
+	return pErr, bErr, cas
+}
+
+// backupWrite returns the queued write of a backup copy (Config.AsyncWrites,
+// non-sticky mode): written only where no copy as new is (a later save's
+// synchronous backup write may have overtaken it), moved to the next
+// usable node when its node fails, and removed again when the primary
+// copy was deleted meanwhile.
+func (st *Store) backupWrite(primary, key, backup string, breq meta.Request, version uint64, exp int32) func(context.Context) error {
+	return func(ctx context.Context) error {
+		err := st.writeBackupIfNewer(ctx, backup, &breq, version)
+		if err == nil {
+			_ = st.confirmPrimary(ctx, primary, key, exp, backup, breq.Key)
+			return nil
+		}
+		if !nodeFault(err) {
+			return err
+		}
+		st.stats.backupFailures.Add(1)
+		alt, err := st.backupElsewhere(ctx, primary, key, exp, &breq, version, backup)
+		switch {
+		case errors.Is(err, errConflict):
+			return nil // the session was deleted meanwhile
+		case err != nil:
+			return err
+		case alt == "":
+			st.stats.singleCopy.Add(1)
+			return fmt.Errorf("backup copy of %s: no usable node", key)
+		}
+		return nil
+	}
 }
 
 // errConflict is backupElsewhere's report that the primary copy was

@@ -107,7 +107,43 @@ type Config struct {
 	// DefaultMaxSize (1000 KiB); raise it only with memcached's -I.
 	MaxSize int
 	// Lock configures the per-session lock (see package lock for defaults).
+	// In sticky mode the lock is an in-process mutex per session, with
+	// the same wait timeout.
 	Lock lock.Config
+
+	// Sticky turns on sticky mode (see the package doc): the Store keeps
+	// the sessions it loads and saves in a local cache and serves them
+	// from there, and the session lock is an in-process mutex. Use it only
+	// behind a load balancer that sends every request of a session to the
+	// same app server. Default false: every Load reads memcached.
+	Sticky bool
+	// TrustSticky, with Sticky, serves a cached session without first
+	// checking (one small round trip, "mg <key> c f") that memcached holds
+	// no newer version: msm's behaviour. It saves that round trip, but a
+	// user whom the balancer moved to another app server and back is
+	// served the stale copy this server kept, and its next save fails
+	// with ErrConflict. Default false: check.
+	TrustSticky bool
+	// CacheBytes bounds the sticky-mode cache: the encoded sizes of the
+	// sessions it holds (least recently used ones are dropped; a session
+	// also leaves it after its idle timeout). Default DefaultCacheBytes
+	// (64 MiB).
+	CacheBytes int64
+	// AsyncWrites makes Save return before memcached has the whole new
+	// copy (see the package doc): in non-sticky mode the backup copy is
+	// written in the background (the primary copy is written before Save
+	// returns, so that any app server sees the change), in sticky mode the
+	// whole write is. Writes are queued per session, a newer save of a
+	// session replacing its queued one; Shutdown writes what is queued.
+	// Default false: every save is on two nodes when Save returns.
+	AsyncWrites bool
+	// AsyncQueue bounds the sessions with a queued write; a save that
+	// finds the queue full is written synchronously, never dropped.
+	// Default DefaultAsyncQueue (4096).
+	AsyncQueue int
+	// AsyncWorkers is how many queued writes run at once (never two of
+	// one session). Default DefaultAsyncWorkers (4).
+	AsyncWorkers int
 	// Logger receives corrupt records, failed backup writes, restores and
 	// relocations. Default: logs are discarded.
 	Logger *slog.Logger
@@ -129,6 +165,7 @@ type Store struct {
 	refreshed  *refreshLog
 	log        *slog.Logger
 	stats      counters
+	async      *asyncWriter // nil without Config.AsyncWrites
 }
 
 // counters are the store's event counts.
@@ -162,6 +199,18 @@ type Stats struct {
 	// SingleCopySaves counts saves acknowledged with the session on one
 	// node only, because no second node was usable.
 	SingleCopySaves uint64
+
+	// AsyncQueued counts writes queued to run after Save returned
+	// (Config.AsyncWrites); AsyncCoalesced the queued writes replaced by a
+	// newer save of the same session before they ran; AsyncWritten and
+	// AsyncFailed the queued writes that ran, with and without success
+	// (failures are logged; the next save of the session writes its whole
+	// copy again); AsyncFull the saves written synchronously because the
+	// queue was full.
+	AsyncQueued, AsyncCoalesced, AsyncWritten, AsyncFailed, AsyncFull uint64
+	// AsyncPending is the number of sessions with a queued or running
+	// write now: what an abrupt end of the process would lose.
+	AsyncPending int
 }
 
 // New builds a Store from cfg.
@@ -191,11 +240,44 @@ func New(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	return &Store{
+	if cfg.AsyncQueue <= 0 {
+		cfg.AsyncQueue = DefaultAsyncQueue
+	}
+	if cfg.AsyncWorkers <= 0 {
+		cfg.AsyncWorkers = DefaultAsyncWorkers
+	}
+	st := &Store{
 		cluster: cfg.Cluster, view: ops.Of(cfg.Cluster), codec: cfg.Codec, prefix: cfg.KeyPrefix,
 		idle: cfg.IdleTimeout, life: cfg.Lifetime, maxSize: cfg.MaxSize,
 		locker: locker, log: cfg.Logger, touchEvery: cfg.TouchAfter, refreshed: newRefreshLog(),
-	}, nil
+	}
+	if cfg.AsyncWrites {
+		st.async = newAsyncWriter(cfg.AsyncQueue, cfg.AsyncWorkers, DefaultAsyncWriteTimeout, func(id string, err error) {
+			st.log.Warn("asynchronous session write failed: the next save writes the whole copy again", "id", id, "err", err)
+		})
+	}
+	return st, nil
+}
+
+// Shutdown makes later saves synchronous, writes what the asynchronous
+// writes queued (Config.AsyncWrites) and waits for them, or until ctx
+// ends (the error then says how many were not done). Call it when the app
+// server stops, after the HTTP server stopped serving; without
+// AsyncWrites it returns nil at once. The cluster stays open.
+func (st *Store) Shutdown(ctx context.Context) error {
+	if st.async == nil {
+		return nil
+	}
+	return st.async.close(ctx)
+}
+
+// Flush waits until the writes queued so far (Config.AsyncWrites) are
+// done, or until ctx ends; saves go on being queued meanwhile.
+func (st *Store) Flush(ctx context.Context) error {
+	if st.async == nil {
+		return nil
+	}
+	return st.async.flush(ctx)
 }
 
 func validPrefix(p string) bool {
@@ -216,12 +298,17 @@ func (st *Store) Cluster() *replica.Cluster { return st.cluster }
 // Stats returns the store's event counts.
 func (st *Store) Stats() Stats {
 	c := &st.stats
-	return Stats{
+	s := Stats{
 		Loads: c.loads.Load(), Saves: c.saves.Load(), SkippedSaves: c.skipped.Load(),
 		Touches: c.touches.Load(), TouchesSkipped: c.touchesSkipped.Load(), Conflicts: c.conflicts.Load(), Restores: c.restores.Load(),
 		Relocations: c.relocations.Load(), Corrupt: c.corrupt.Load(), BackupFailures: c.backupFailures.Load(),
 		SingleCopySaves: c.singleCopy.Load(),
 	}
+	if w := st.async; w != nil {
+		s.AsyncQueued, s.AsyncCoalesced, s.AsyncWritten = w.queued.Load(), w.coalesced.Load(), w.written.Load()
+		s.AsyncFailed, s.AsyncFull, s.AsyncPending = w.failed.Load(), w.full.Load(), w.pendingCount()
+	}
+	return s
 }
 
 // MemcachedKeys returns the memcached keys of session id: the primary copy, the
