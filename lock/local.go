@@ -1,0 +1,108 @@
+package lock
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Local is an in-process lock per key, the session lock of sticky mode:
+// there every request of a session reaches the same app server, so a
+// mutex in its memory serialises them without a memcached round trip. It
+// waits for a held key as Locker.Acquire does (Config.WaitTimeout, or
+// WithWaitTimeout's value) and is safe for concurrent use.
+type Local struct {
+	wait time.Duration
+
+	mu   sync.Mutex
+	keys map[string]*localKey
+}
+
+// localKey is the state of one key: a token channel of capacity one
+// (holding the lock = having put the token in) and how many goroutines
+// hold or wait for it (the entry is dropped at zero).
+type localKey struct {
+	token chan struct{}
+	refs  int
+}
+
+// NewLocal returns a Local with cfg's WaitTimeout (default
+// DefaultWaitTimeout); the other fields of cfg do not apply in process.
+func NewLocal(cfg Config) *Local {
+	if cfg.WaitTimeout <= 0 {
+		cfg.WaitTimeout = DefaultWaitTimeout
+	}
+	return &Local{wait: cfg.WaitTimeout, keys: make(map[string]*localKey)}
+}
+
+// LocalLock is a held Local lock.
+type LocalLock struct {
+	l    *Local
+	key  string
+	k    *localKey
+	once sync.Once
+}
+
+// Acquire takes the lock of key, waiting while another goroutine holds
+// it. It returns an error wrapping ErrLockTimeout when the wait timeout
+// passed, and ctx's error when ctx ended first.
+func (l *Local) Acquire(ctx context.Context, key string) (*LocalLock, error) {
+	l.mu.Lock()
+	k := l.keys[key]
+	if k == nil {
+		k = &localKey{token: make(chan struct{}, 1)}
+		l.keys[key] = k
+	}
+	k.refs++
+	l.mu.Unlock()
+
+	select {
+	case k.token <- struct{}{}:
+		return &LocalLock{l: l, key: key, k: k}, nil
+	default:
+	}
+	wait := l.wait
+	if d, ok := ctx.Value(waitKey{}).(time.Duration); ok && d > 0 {
+		wait = d
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case k.token <- struct{}{}:
+		return &LocalLock{l: l, key: key, k: k}, nil
+	case <-timer.C:
+		l.unref(key, k)
+		return nil, fmt.Errorf("%w: %s (held in this process for over %v)", ErrLockTimeout, key, wait)
+	case <-ctx.Done():
+		l.unref(key, k)
+		return nil, ctx.Err()
+	}
+}
+
+// unref drops one holder or waiter of key.
+func (l *Local) unref(key string, k *localKey) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if k.refs--; k.refs == 0 {
+		delete(l.keys, key)
+	}
+}
+
+// Held returns how many keys are held or waited for.
+func (l *Local) Held() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.keys)
+}
+
+// Key returns the locked key.
+func (lk *LocalLock) Key() string { return lk.key }
+
+// Release releases the lock; a second Release is a no-op.
+func (lk *LocalLock) Release() {
+	lk.once.Do(func() {
+		<-lk.k.token
+		lk.l.unref(lk.key, lk.k)
+	})
+}
