@@ -149,6 +149,24 @@ func (w *asyncWriter) waitUntil(ctx context.Context, done func() bool) error {
 	}
 }
 
+// cancel drops the queued write of session id, if one has not started.
+func (w *asyncWriter) cancel(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.pending[id]; !ok {
+		return
+	}
+	delete(w.pending, id)
+	for i, q := range w.order {
+		if q == id {
+			w.order = append(w.order[:i], w.order[i+1:]...)
+			break
+		}
+	}
+	close(w.idle)
+	w.idle = make(chan struct{})
+}
+
 // waitFor blocks until session id has no pending or running write.
 func (w *asyncWriter) waitFor(ctx context.Context, id string) error {
 	return w.waitUntil(ctx, func() bool {
@@ -162,11 +180,12 @@ func (w *asyncWriter) flush(ctx context.Context) error {
 	return w.waitUntil(ctx, func() bool { return len(w.pending) == 0 && len(w.inflight) == 0 })
 }
 
-// pendingCount returns how many sessions have a write queued or running.
-func (w *asyncWriter) pendingCount() int {
+// counts returns how many sessions have a write queued or running, and
+// how many of those writes are running.
+func (w *asyncWriter) counts() (pending, running int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.pending) + len(w.inflight)
+	return len(w.pending) + len(w.inflight), len(w.inflight)
 }
 
 // close stops queueing (later saves write synchronously), runs what is
@@ -177,7 +196,8 @@ func (w *asyncWriter) close(ctx context.Context) error {
 	w.work.Broadcast()
 	w.mu.Unlock()
 	if err := w.flush(ctx); err != nil {
-		return fmt.Errorf("store: %d asynchronous writes not done: %w", w.pendingCount(), err)
+		pending, _ := w.counts()
+		return fmt.Errorf("store: %d asynchronous writes not done: %w", pending, err)
 	}
 	done := make(chan struct{})
 	go func() { w.workers.Wait(); close(done) }()

@@ -109,6 +109,9 @@ func TestAsyncCoalesces(t *testing.T) {
 	for i := range 3 {
 		require.NoError(t, s.Set("k", i))
 		require.NoError(t, st.Save(ctx, s))
+		if i == 0 { // the first is running (waiting for n2) before the next is queued
+			require.Eventually(t, func() bool { return st.Stats().AsyncRunning == 1 }, 10*time.Second, time.Millisecond)
+		}
 	}
 	stats := st.Stats()
 	require.Equal(t, uint64(2), stats.AsyncQueued)
@@ -133,9 +136,12 @@ func TestAsyncQueueFullWritesSynchronously(t *testing.T) {
 	}
 	last := newOn(t, st, "n3") // backup on n1
 	require.NoError(t, c.Node("n2").Pause())
-	for _, s := range append(stuck, last) {
+	for i, s := range append(stuck, last) {
 		require.NoError(t, s.Set("k", 1))
 		require.NoError(t, st.Save(ctx, s))
+		if i == 0 { // the worker has taken it: the queue is empty again
+			require.Eventually(t, func() bool { return st.Stats().AsyncRunning == 1 }, 10*time.Second, time.Millisecond)
+		}
 	}
 	_, lbkey, _ := st.MemcachedKeys(last.ID())
 	requireCopy(t, c, "n1", lbkey, 1) // written before Save returned

@@ -30,10 +30,19 @@ import (
 // a primary that refuses connections has lost its data, and the session is
 // then not found.
 func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
+	if st.cache != nil {
+		return st.loadSticky(ctx, id)
+	}
 	base, node, ok := st.parse(id)
 	if !ok {
 		return nil, ErrNotFound
 	}
+	return st.loadRemote(ctx, id, base, node)
+}
+
+// loadRemote is Load reading memcached, for an id that parsed into base
+// and node.
+func (st *Store) loadRemote(ctx context.Context, id, base, node string) (*Session, error) {
 	key := st.key(id)
 	it, err := ops.Get(ctx, st.view, node, key)
 	switch {

@@ -23,6 +23,19 @@ func (st *Store) Locker() *lock.Locker { return st.locker }
 //
 // Release the lock with SaveAndRelease or Release.
 func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
+	if st.local != nil {
+		lk, err := st.lockSticky(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		s, err := st.loadSticky(ctx, id)
+		if err != nil {
+			lk.Release()
+			return nil, err
+		}
+		s.local = lk
+		return s, nil
+	}
 	base, node, ok := st.parse(id)
 	if !ok {
 		return nil, ErrNotFound
@@ -71,9 +84,26 @@ func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 // session, is left as it is.
 func (st *Store) Lock(ctx context.Context, s *Session) error {
 	s.mu.Lock()
-	id, isNew, held := s.id, s.isNew, s.lock != nil
+	id, isNew, held := s.id, s.isNew, s.lock != nil || s.local != nil
 	s.mu.Unlock()
 	if isNew || held {
+		return nil
+	}
+	if st.local != nil {
+		lk, err := st.lockSticky(ctx, id)
+		if err != nil {
+			return err
+		}
+		cur, err := st.loadSticky(ctx, id)
+		if err != nil {
+			lk.Release()
+			return err
+		}
+		s.adopt(cur)
+		s.mu.Lock()
+		s.saved = s.changes
+		s.local = lk
+		s.mu.Unlock()
 		return nil
 	}
 	_, node, ok := st.parse(id)
@@ -106,7 +136,7 @@ func (st *Store) Lock(ctx context.Context, s *Session) error {
 func (s *Session) Locked() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lock != nil
+	return s.lock != nil || s.local != nil
 }
 
 // Release releases the session's lock, if it holds one, without saving.
@@ -114,9 +144,12 @@ func (s *Session) Locked() bool {
 // was taken by someone else meanwhile (nothing is deleted then).
 func (st *Store) Release(ctx context.Context, s *Session) error {
 	s.mu.Lock()
-	lk := s.lock
-	s.lock = nil
+	lk, local := s.lock, s.local
+	s.lock, s.local = nil, nil
 	s.mu.Unlock()
+	if local != nil {
+		local.Release()
+	}
 	if lk == nil {
 		return nil
 	}

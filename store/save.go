@@ -32,28 +32,83 @@ import (
 // the next usable node before Save returns. With a single usable node the
 // save succeeds with one copy (counted in Stats.SingleCopySaves, logged).
 func (st *Store) Save(ctx context.Context, s *Session) error {
+	if st.cache == nil {
+		return st.save(ctx, s)
+	}
+	if st.async != nil {
+		p, err := st.prepare(s)
+		if err != nil || p.skip {
+			return err
+		}
+		if base, node, ok := splitID(p.id); ok && p.isNew && !st.view.Healthy(node) {
+			// Not stored anywhere yet: give it a healthy node now, as save
+			// would, so that its cookie names where it will be.
+			if node, err = st.view.PickNew(); err != nil {
+				return fmt.Errorf("%w: save %s: %w", ErrUnavailable, p.id, err)
+			}
+			s.setID(makeID(base, node), false)
+		}
+		return st.saveStickyAsync(ctx, s, p.version, p.changes)
+	}
+	err := st.save(ctx, s)
+	switch {
+	case err == nil:
+		st.cache.put(s, s.cas(), time.Now())
+	case errors.Is(err, ErrConflict):
+		st.cache.remove(s.ID()) // memcached has a newer version: reload it
+	}
+	return err
+}
+
+// prepared is a session encoded for a save.
+type prepared struct {
+	skip    bool // unchanged: nothing to write
+	isNew   bool
+	casID   uint64
+	id      string
+	raw     []byte
+	version uint64 // the version raw holds
+	changes uint64 // the change counter raw reflects
+	exp     int32
+}
+
+// prepare checks and encodes s for a save: ErrDestroyed, ErrTooLarge,
+// ErrExpired, or skip for an unchanged session (counted).
+func (st *Store) prepare(s *Session) (prepared, error) {
 	s.mu.Lock()
-	isNew, unchanged, casID, id, destroyed := s.isNew, s.changes == s.saved, s.casID, s.id, s.destroyed
+	p := prepared{isNew: s.isNew, casID: s.casID, id: s.id}
+	unchanged, destroyed := s.changes == s.saved, s.destroyed
 	s.mu.Unlock()
 	if destroyed {
-		return fmt.Errorf("%w: %s", ErrDestroyed, id)
+		return p, fmt.Errorf("%w: %s", ErrDestroyed, p.id)
 	}
-	if !isNew && unchanged {
+	if !p.isNew && unchanged {
 		st.stats.skipped.Add(1)
-		return nil
+		p.skip = true
+		return p, nil
 	}
-	raw, version, changes, err := s.encode(1)
-	if err != nil {
-		return fmt.Errorf("store: save %s: %w", id, err)
+	var err error
+	if p.raw, p.version, p.changes, err = s.encode(1); err != nil {
+		return p, fmt.Errorf("store: save %s: %w", p.id, err)
 	}
-	if len(raw) > st.maxSize {
-		return fmt.Errorf("%w: %s encodes to %d bytes, limit %d", ErrTooLarge, id, len(raw), st.maxSize)
+	if len(p.raw) > st.maxSize {
+		return p, fmt.Errorf("%w: %s encodes to %d bytes, limit %d", ErrTooLarge, p.id, len(p.raw), st.maxSize)
 	}
+	var ok bool
+	if p.exp, ok = s.exptime(); !ok {
+		return p, fmt.Errorf("%w: %s", ErrExpired, p.id)
+	}
+	return p, nil
+}
+
+// save is Save writing to memcached before it returns.
+func (st *Store) save(ctx context.Context, s *Session) error {
+	p, err := st.prepare(s)
+	if err != nil || p.skip {
+		return err
+	}
+	isNew, casID, id, raw, version, changes, exp := p.isNew, p.casID, p.id, p.raw, p.version, p.changes, p.exp
 	start := time.Now()
-	exp, ok := s.exptime()
-	if !ok {
-		return fmt.Errorf("%w: %s", ErrExpired, id)
-	}
 	base, node, ok := splitID(id)
 	if !ok {
 		return fmt.Errorf("store: save: malformed id %q", id)
@@ -96,7 +151,9 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 	}
 	var pErr, bErr error
 	var newCAS uint64
-	if st.async != nil && backup != "" && !skipPrimary {
+	if st.async != nil && st.cache == nil && backup != "" && !skipPrimary {
+		// Non-sticky AsyncWrites: the backup copy is queued. (In sticky
+		// mode the whole save is the queued write, and writes both.)
 		pErr, bErr, newCAS = st.replicateAsync(ctx, &w, id, version, exp)
 	} else {
 		pErr, bErr, newCAS = st.replicate(ctx, &w, skipPrimary)
@@ -520,6 +577,17 @@ func (st *Store) DestroyID(ctx context.Context, id string) error {
 		return nil
 	}
 	st.refreshed.forget(id)
+	if st.cache != nil {
+		st.cache.remove(id) // a queued write of id finds nothing to write
+	}
+	if st.async != nil {
+		// A queued write must not bring the session back: drop it, and
+		// wait for one that is running.
+		st.async.cancel(id)
+		if err := st.async.waitFor(ctx, id); err != nil {
+			return fmt.Errorf("store: destroy %s: %w", id, err)
+		}
+	}
 	key, bkey, lkey := st.MemcachedKeys(id)
 	// Backups first, then the primary copy, then the lock, then the
 	// backups once more: a request waiting for the lock finds nothing to
@@ -585,8 +653,18 @@ func (st *Store) RenewID(ctx context.Context, s *Session) error {
 	}
 	// Take the lock of the new id before it exists, so no one else can.
 	s.mu.Lock()
-	held := s.lock
+	held, local := s.lock, s.local
 	s.mu.Unlock()
+	if local != nil {
+		lk, err := st.lockSticky(ctx, newID)
+		if err != nil {
+			return fmt.Errorf("store: renew %s: %w", oldID, err)
+		}
+		s.mu.Lock()
+		s.local = lk
+		s.mu.Unlock()
+		defer local.Release() // after the old id is deleted, as below
+	}
 	if held != nil {
 		lkey := st.lkey(newID)
 		lk, err := st.locker.Acquire(ctx, node, lkey)

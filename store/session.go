@@ -25,12 +25,13 @@ type Session struct {
 	idle      time.Duration
 	version   uint64
 	attrs     map[string][]byte
-	casID     uint64     // CAS id of the primary copy as loaded; 0 when unknown
-	isNew     bool       // never saved
-	destroyed bool       // deleted by Store.Destroy
-	changes   uint64     // incremented by every modification
-	saved     uint64     // value of changes at the last save or load
-	lock      *lock.Lock // the session lock, while held
+	casID     uint64          // CAS id of the primary copy as loaded; 0 when unknown
+	isNew     bool            // never saved
+	destroyed bool            // deleted by Store.Destroy
+	changes   uint64          // incremented by every modification
+	saved     uint64          // value of changes at the last save or load
+	lock      *lock.Lock      // the session lock, while held
+	local     *lock.LocalLock // the in-process session lock of sticky mode, while held
 }
 
 // ID returns the session id, the value of the session cookie. It changes

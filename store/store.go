@@ -166,6 +166,9 @@ type Store struct {
 	log        *slog.Logger
 	stats      counters
 	async      *asyncWriter // nil without Config.AsyncWrites
+	cache      *cache       // sticky mode only
+	local      *lock.Local  // sticky mode only: the in-process session lock
+	trust      bool         // Config.TrustSticky
 }
 
 // counters are the store's event counts.
@@ -209,8 +212,9 @@ type Stats struct {
 	// queue was full.
 	AsyncQueued, AsyncCoalesced, AsyncWritten, AsyncFailed, AsyncFull uint64
 	// AsyncPending is the number of sessions with a queued or running
-	// write now: what an abrupt end of the process would lose.
-	AsyncPending int
+	// write now: what an abrupt end of the process would lose;
+	// AsyncRunning how many of those writes are running.
+	AsyncPending, AsyncRunning int
 }
 
 // New builds a Store from cfg.
@@ -250,6 +254,12 @@ func New(cfg Config) (*Store, error) {
 		cluster: cfg.Cluster, view: ops.Of(cfg.Cluster), codec: cfg.Codec, prefix: cfg.KeyPrefix,
 		idle: cfg.IdleTimeout, life: cfg.Lifetime, maxSize: cfg.MaxSize,
 		locker: locker, log: cfg.Logger, touchEvery: cfg.TouchAfter, refreshed: newRefreshLog(),
+	}
+	if cfg.Sticky {
+		if cfg.CacheBytes <= 0 {
+			cfg.CacheBytes = DefaultCacheBytes
+		}
+		st.cache, st.local, st.trust = newCache(cfg.CacheBytes), lock.NewLocal(cfg.Lock), cfg.TrustSticky
 	}
 	if cfg.AsyncWrites {
 		st.async = newAsyncWriter(cfg.AsyncQueue, cfg.AsyncWorkers, DefaultAsyncWriteTimeout, func(id string, err error) {
@@ -306,7 +316,8 @@ func (st *Store) Stats() Stats {
 	}
 	if w := st.async; w != nil {
 		s.AsyncQueued, s.AsyncCoalesced, s.AsyncWritten = w.queued.Load(), w.coalesced.Load(), w.written.Load()
-		s.AsyncFailed, s.AsyncFull, s.AsyncPending = w.failed.Load(), w.full.Load(), w.pendingCount()
+		s.AsyncFailed, s.AsyncFull = w.failed.Load(), w.full.Load()
+		s.AsyncPending, s.AsyncRunning = w.counts()
 	}
 	return s
 }
