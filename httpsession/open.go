@@ -1,6 +1,7 @@
 package httpsession
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"reflect"
@@ -66,23 +67,32 @@ func Open(nodes string, opts Options) (*Manager, error) {
 	return m, nil
 }
 
-// Close shuts the Manager down; call it after http.Server.Shutdown
+// Shutdown shuts the Manager down; call it after http.Server.Shutdown
 // returned. It waits for the background idle-timeout refreshes (see Wait)
-// and starts no more, and then, for a Manager made by Open, closes the
-// connections of the cluster Open built: requests still running (a
+// and starts no more, writes the session writes still queued
+// (store.Config.AsyncWrites), and then, for a Manager made by Open, closes
+// the connections of the cluster Open built: requests still running (a
 // Shutdown that timed out) or served after that fail with 503. A Manager
-// made by New leaves its store and cluster open for their owner to close.
-// Calls after the first return nil.
-func (m *Manager) Close() error {
+// made by New flushes its store's queue (store.Flush) but leaves the store
+// and cluster open for their owner to shut down and close. ctx bounds the
+// wait for the queued writes; the error then says how many were not
+// written. Calls after the first return nil.
+func (m *Manager) Shutdown(ctx context.Context) error {
 	var err error
 	m.closeOnce.Do(func() {
 		m.bg.close()
-		if m.owned != nil {
-			err = m.owned.Close()
+		if m.owned == nil {
+			err = m.st.Flush(ctx)
+			return
 		}
+		err = errors.Join(m.st.Shutdown(ctx), m.owned.Close())
 	})
 	return err
 }
+
+// Close is Shutdown without a deadline for the queued writes (each is
+// bounded by store.DefaultAsyncWriteTimeout).
+func (m *Manager) Close() error { return m.Shutdown(context.Background()) }
 
 // checkOpenOnly refuses the Options fields only Open reads, so that a
 // Manager made by New does not silently ignore them.

@@ -72,6 +72,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.cfg.Lifetime, "lifetime", server.DefaultLifetime, "absolute session lifetime")
 	fs.DurationVar(&o.cfg.LockTimeout, "lock-timeout", server.DefaultLockTimeout, "how long a request waits for its session's lock")
 	fs.StringVar(&o.cfg.CookieName, "cookie", server.DefaultCookieName, "session cookie `name`")
+	fs.BoolVar(&o.cfg.Sticky, "sticky", false, "sticky mode: keep sessions in this server's memory, check memcached's version before serving one")
+	fs.BoolVar(&o.cfg.StickyTrust, "sticky-trust", false, "with -sticky: serve the local copy without the version check (msm's behaviour: stale after failback)")
+	fs.BoolVar(&o.cfg.AsyncBackup, "async-backup", false, "asynchronous writes: the backup copy (non-sticky) or the whole write (-sticky) after the response; flushed on SIGTERM/SIGINT")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -83,6 +86,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if _, _, err := server.ParseLocking(o.cfg.Locking); err != nil {
 		return o, err
+	}
+	if o.cfg.StickyTrust && !o.cfg.Sticky {
+		return o, errors.New("-sticky-trust needs -sticky")
 	}
 	return o, nil
 }
@@ -131,6 +137,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
+	}
+	pending := app.Store().Stats().AsyncPending
+	if err := app.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: session writes: %w", err)
+	}
+	if pending > 0 {
+		o.cfg.Logger.Info("queued session writes written", "count", pending)
 	}
 	return nil
 }

@@ -94,6 +94,17 @@ type Config struct {
 	// CookieName is the name of the session cookie. Default
 	// DefaultCookieName ("mcsession").
 	CookieName string
+	// Sticky turns on sticky mode (store.Config.Sticky): sessions are
+	// served from this server's memory after a version probe of
+	// memcached. Default false (non-sticky).
+	Sticky bool
+	// StickyTrust, with Sticky, skips the version probe
+	// (store.Config.TrustSticky). Default false.
+	StickyTrust bool
+	// AsyncBackup turns on asynchronous writes (store.Config.AsyncWrites):
+	// the backup copy in non-sticky mode, the whole write in sticky mode.
+	// Default false.
+	AsyncBackup bool
 	// Logger receives the session layer's failures, relocations and
 	// breaker changes. Default slog.Default().
 	Logger *slog.Logger
@@ -119,6 +130,23 @@ type NodesResponse struct {
 	Nodes []NodeView `json:"nodes"`
 }
 
+// StatsResponse is the JSON body of GET /api/stats: the session layer's
+// counters on this server.
+type StatsResponse struct {
+	// Instance is the name of the server that answered.
+	Instance string `json:"instance"`
+	// Sticky and Async say the mode (Config.Sticky, Config.AsyncBackup).
+	Sticky bool `json:"sticky"`
+	Async  bool `json:"async"`
+	// Store is store.Stats: loads, saves, conflicts, relocations, and the
+	// asynchronous writes (AsyncPending: queued or running now).
+	Store store.Stats `json:"store"`
+	// Cache is store.CacheStats of the sticky-mode cache (zero otherwise).
+	Cache store.CacheStats `json:"cache"`
+	// Manager is httpsession.Stats: requests, locked, lock timeouts, errors.
+	Manager httpsession.Stats `json:"manager"`
+}
+
 // NodeView is one memcached node as this server's circuit breaker sees it
 // (replica.NodeStatus with JSON names).
 type NodeView struct {
@@ -140,6 +168,8 @@ type Server struct {
 	st      *store.Store
 	m       *httpsession.Manager
 	h       http.Handler
+	sticky  bool
+	async   bool
 }
 
 // ParseLocking parses a locking mode as Config.Locking takes it: "all",
@@ -211,16 +241,20 @@ func New(cfg Config) (*Server, error) {
 			regexp.MustCompile(`^/static/`),
 			regexp.MustCompile(`^/healthz$`),
 			regexp.MustCompile(`^/api/nodes$`),
+			regexp.MustCompile(`^/api/stats$`),
 		},
 		Logger: cfg.Logger,
-		Store:  store.Config{IdleTimeout: cfg.IdleTimeout, Lifetime: cfg.Lifetime},
+		Store: store.Config{
+			IdleTimeout: cfg.IdleTimeout, Lifetime: cfg.Lifetime,
+			Sticky: cfg.Sticky, TrustSticky: cfg.StickyTrust, AsyncWrites: cfg.AsyncBackup,
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	st := m.Store()
 	cluster := st.Cluster()
-	s := &Server{name: cfg.Name, cluster: cluster, st: st, m: m}
+	s := &Server{name: cfg.Name, cluster: cluster, st: st, m: m, sticky: cfg.Sticky, async: cfg.AsyncBackup}
 
 	static, err := fs.Sub(staticFiles, "static")
 	if err != nil {
@@ -235,6 +269,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("POST /api/login", s.withSession(s.login))
 	mux.HandleFunc("POST /api/logout", s.withSession(s.logout))
 	mux.HandleFunc("GET /api/nodes", s.nodes)
+	mux.HandleFunc("GET /api/stats", s.stats)
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(InstanceHeader, s.name)
@@ -260,6 +295,11 @@ func (s *Server) Manager() *httpsession.Manager { return s.m }
 // requests and closes the memcached connections. Call it after
 // http.Server.Shutdown returned.
 func (s *Server) Close() error { return s.m.Close() }
+
+// Shutdown is Close bounded by ctx: it writes the session writes still
+// queued (Config.AsyncBackup) and closes the memcached connections; the
+// error says how many writes were not done when ctx ended.
+func (s *Server) Shutdown(ctx context.Context) error { return s.m.Shutdown(ctx) }
 
 // errBadRequest marks a client error in a request's parameters.
 var errBadRequest = errors.New("bad request")
@@ -407,6 +447,16 @@ func (s *Server) logout(ctx context.Context, r *http.Request, sess *httpsession.
 }
 
 // nodes answers this server's view of the memcached nodes.
+func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(InstanceHeader, s.name)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(StatsResponse{
+		Instance: s.name, Sticky: s.sticky, Async: s.async,
+		Store: s.st.Stats(), Cache: s.st.CacheStats(), Manager: s.m.Stats(),
+	})
+}
+
 func (s *Server) nodes(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(InstanceHeader, s.name)
 	w.Header().Set("Content-Type", "application/json")
