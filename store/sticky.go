@@ -106,11 +106,17 @@ func (c *cache) put(s *Session, cas uint64, now time.Time) bool {
 
 // putPending caches snap as the latest state of id with an asynchronous
 // write of it about to be queued: the entry stays until the write ran.
-// It reports false when it does not fit.
-func (c *cache) putPending(id string, snap *Session, now time.Time) bool {
+// base is the version the saving request loaded: when the cached state
+// moved past it meanwhile (a concurrent request without the lock saved
+// first) nothing is cached and conflict is true, the local counterpart of
+// memcached's compare-and-set. ok is false when snap does not fit.
+func (c *cache) putPending(id string, snap *Session, base uint64, now time.Time) (ok, conflict bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.setLocked(id, snap, snap.cost(), now, func(e *entry) { e.pending = true })
+	if e := c.entries[id]; e != nil && e.snap.version != base {
+		return false, true
+	}
+	return c.setLocked(id, snap, snap.cost(), now, func(e *entry) { e.pending = true }), false
 }
 
 // setLocked stores snap under id with size, making room by dropping least
@@ -324,7 +330,12 @@ func (st *Store) saveStickyAsync(ctx context.Context, s *Session, version, chang
 	snap := s.clone()
 	snap.version = version
 	write := st.stickyWrite(id)
-	if !st.cache.putPending(id, snap, time.Now()) {
+	fits, conflict := st.cache.putPending(id, snap, version-1, time.Now())
+	if conflict {
+		st.stats.conflicts.Add(1)
+		return fmt.Errorf("%w: %s", ErrConflict, id)
+	}
+	if !fits {
 		// No room: write through, after any earlier queued write of id.
 		if err := st.async.waitFor(ctx, id); err != nil {
 			return fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, err)

@@ -239,3 +239,29 @@ func TestStickyDestroyWithAWriteQueued(t *testing.T) {
 	}
 	require.Zero(t, st.CacheStats().Sessions)
 }
+
+// TestStickyAsyncUnlockedConflict saves two unlocked copies of one session
+// in sticky mode with asynchronous writes: the second is refused with
+// ErrConflict (the cached state moved past what it loaded), as
+// memcached's compare-and-set refuses it with synchronous writes.
+func TestStickyAsyncUnlockedConflict(t *testing.T) {
+	for _, async := range []bool{false, true} {
+		c := mcproc.NewCluster(t, 2)
+		st := stickyStore(t, c, func(cfg *store.Config) { cfg.AsyncWrites = async })
+		ctx := context.Background()
+		id := saved(t, st, map[string]any{"n": 0}).ID()
+		flush(t, st)
+		first, err := st.Load(ctx, id)
+		require.NoError(t, err)
+		second, err := st.Load(ctx, id)
+		require.NoError(t, err)
+		require.NoError(t, first.Set("n", 1))
+		require.NoError(t, second.Set("n", 2))
+		require.NoError(t, st.Save(ctx, first))
+		require.ErrorIs(t, st.Save(ctx, second), store.ErrConflict, "async=%v", async)
+		flush(t, st)
+		got, err := st.Load(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, 1, counter(t, got))
+	}
+}
