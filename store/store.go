@@ -25,6 +25,45 @@
 // KeyPrefix+"lock:"+id on the primary (Store.MemcachedKeys). The byte
 // format is specified in docs/FORMAT.md of the repository.
 //
+// # Sticky mode
+//
+// Non-sticky (the default) suits any load balancer: every Load reads
+// memcached, every save writes it, and the session lock is a memcached
+// item, so any app server may serve any request. With Config.Sticky the
+// balancer must send each user to one app server (msm's default
+// deployment): the Store keeps the sessions it served in a local cache
+// (Config.CacheBytes, least recently used out, idle timeout honoured) and
+// serves them from there, and the session lock is an in-process mutex (no
+// memcached round trips). Every save is still written through to
+// memcached, primary and backup, so that when the app server dies or is
+// taken out another one loads the session from memcached with the usual
+// failover, and keeps it from then on.
+//
+// When the balancer moves a user away and back, this server's copy is
+// stale. Before serving a cached session the Store therefore checks its
+// CAS id with a read of the item's metadata only (one small round trip,
+// no body, no decoding) and reloads it when memcached holds a newer
+// version. Config.TrustSticky skips that check, as msm does: the stale
+// copy is served, and its next save fails with ErrConflict instead of
+// overwriting the newer version (the copy is then dropped and reloaded).
+//
+// # Asynchronous writes
+//
+// With Config.AsyncWrites, Save returns before memcached has the whole new
+// copy. In non-sticky mode only the backup copy is deferred: the primary is
+// written before Save returns, so the next request, on any server, sees the
+// change; until the queued backup write ran, the session has one copy (a
+// failure of its primary node then loses that last change). In sticky mode
+// the whole write is deferred: the cache serves the newer state meanwhile.
+// Writes wait in a bounded queue (Config.AsyncQueue), one per session: a
+// newer save of a session replaces its queued write (coalesced), and two
+// writes of one session never run at once. A save that finds the queue
+// full is written synchronously, never dropped. A queued write that fails
+// is logged and counted (Stats.AsyncFailed), and the session's next save
+// writes its whole copy again. Shutdown writes what is queued; a process
+// that dies abruptly loses the queued writes (Stats.AsyncPending tells how
+// many there are).
+//
 // # Errors
 //
 // Load reports ErrNotFound for an id that does not parse, is unknown,
