@@ -4,8 +4,10 @@
 GO ?= go
 # BIN is where `make demo` builds the demo (ignored by git).
 BIN ?= bin
-# DEMO_FLAGS are passed to the demo, e.g. DEMO_FLAGS="-listen 127.0.0.1:8001".
+# DEMO_FLAGS are passed to the demo, e.g. DEMO_FLAGS="-listen 127.0.0.1:8001";
+# ARGS is an alias (after DEMO_FLAGS), e.g. `make demo ARGS=-sticky`.
 DEMO_FLAGS ?=
+ARGS ?=
 
 .PHONY: deps test vet demo bench
 
@@ -31,16 +33,23 @@ test: deps vet
 	@cd examples/routers && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
 # demo: 3 memcached nodes, 2 app servers and a round-robin proxy with a live
-# page (prints its URL; Ctrl-C stops everything). The demo is built, then
-# run as make's own child, not with `go run`: `go run` exits with status 1
-# whenever it gets a SIGINT, so make would report an error for the Ctrl-C
-# that is the normal end of the demo; the demo itself exits with status 0
-# once it has stopped everything it started.
+# page (prints its URL; Ctrl-C stops everything).
+# `make demo ARGS=-sticky` (or DEMO_FLAGS=-sticky) is the sticky variant: the
+# apps run with -sticky, the proxy pins each browser to one app server with a
+# cookie (demo_route) and moves it to a running one when that server is down,
+# and the page can stop (SIGTERM), kill (SIGKILL) and restart the app servers:
+# kill yours and the session goes on from memcached on the other one. Add
+# -sticky-trust or -async-backup to pass them on to the apps, e.g.
+# `make demo ARGS="-sticky -async-backup"`; `bin/cluster -h` lists all flags.
+# The demo is built, then run as make's own child, not with `go run`: `go run`
+# exits with status 1 whenever it gets a SIGINT, so make would report an error
+# for the Ctrl-C that is the normal end of the demo; the demo itself exits
+# with status 0 once it has stopped everything it started.
 demo: deps
 	@echo "==> demo: $(GO) build -o $(BIN)/cluster ./examples/cluster"
 	@$(GO) build -o $(BIN)/cluster ./examples/cluster
-	@echo "==> demo: $(strip $(BIN)/cluster $(DEMO_FLAGS)) (Ctrl-C stops everything)"
-	@$(BIN)/cluster $(DEMO_FLAGS)
+	@echo "==> demo: $(strip $(BIN)/cluster $(DEMO_FLAGS) $(ARGS)) (Ctrl-C stops everything)"
+	@$(BIN)/cluster $(DEMO_FLAGS) $(ARGS)
 
 # bench: mcsession next to the floor (raw gomemcache) and peer libraries,
 # side by side on 3 local memcached nodes; writes bench/out/results.{json,md,png}

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -239,6 +238,44 @@ func TestInterruptStopsEverythingAndExitsZero(t *testing.T) {
 	refused(t, "the demo's proxy", u.Host)
 }
 
+// The sticky variant: after an app server was killed and restarted from
+// the page, Ctrl-C stops the new process too, and nothing is left behind.
+func TestInterruptStickyAfterAppRestart(t *testing.T) {
+	p := startGroup(t, exec.Command(buildDemo(t), "-listen", "127.0.0.1:0", "-quiet", "-sticky"))
+	base := p.waitOutput(t, urlLine, startTimeout)[1]
+	require.Contains(t, p.stdout.String(), "sticky variant: the proxy pins each browser to one app server (cookie demo_route)")
+
+	hc := &http.Client{Timeout: 30 * time.Second}
+	post := func(path string) demo.AppState {
+		t.Helper()
+		resp, err := hc.Post(base+path, "", nil)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		var as demo.AppState
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&as))
+		return as
+	}
+	killed := post("demo/apps/app1/kill")
+	require.Equal(t, demo.AppKilled, killed.Status)
+	restarted := post("demo/apps/app1/start")
+	require.Equal(t, demo.AppRunning, restarted.Status)
+	require.NotEqual(t, killed.Pid, restarted.Pid)
+	require.Contains(t, p.leftovers(t), restarted.Pid, "the restarted app carries the marker")
+	stopped := post("demo/apps/app2/stop")
+	require.Equal(t, demo.AppStopped, stopped.Status)
+	hc.CloseIdleConnections()
+
+	p.interrupt(t)
+	p.requireCleanExit(t)
+	errOut := p.stderr.String()
+	require.Contains(t, errOut, fmt.Sprintf(`msg="stopped app server" who=demo name=app1 pid=%d`, restarted.Pid))
+	require.Contains(t, errOut, fmt.Sprintf(`msg="app server already stopped" who=demo name=app2 pid=%d`, stopped.Pid))
+	u, err := url.Parse(restarted.URL)
+	require.NoError(t, err)
+	refused(t, "app1", u.Host)
+}
+
 // Ctrl-C while the demo is still starting (building the app, starting the
 // nodes or the apps) also ends it with status 0 and nothing left behind.
 func TestInterruptWhileStartingExitsZero(t *testing.T) {
@@ -287,12 +324,8 @@ func TestMakeDemoInterrupt(t *testing.T) {
 	}
 	cmd := exec.Command(makeBin, "--no-print-directory", "demo",
 		"BIN="+t.TempDir(), "DEMO_FLAGS=-listen 127.0.0.1:0 -quiet")
-	cmd.Dir = filepath.Join("..", "..") // the module root, with the Makefile
-	for _, kv := range os.Environ() {   // not a sub-make of `make test`
-		if name, _, _ := strings.Cut(kv, "="); name != "MAKEFLAGS" && name != "MFLAGS" && name != "MAKELEVEL" {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
+	cmd.Dir = filepath.Join("..", "..")     // the module root, with the Makefile
+	cmd.Env = withoutMakeVars(os.Environ()) // not a sub-make of `make test`
 	p := startGroup(t, cmd)
 	p.waitOutput(t, urlLine, buildTimeout+startTimeout)
 	p.interrupt(t)

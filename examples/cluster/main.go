@@ -6,6 +6,14 @@
 // state, and buttons to stop and restart nodes.
 //
 //	go run ./examples/cluster [-listen 127.0.0.1:8000] [-nodes 3] [-apps 2] [-locking all]
+//	                          [-sticky [-sticky-trust]] [-async-backup] [-quiet]
+//
+// With -sticky (`make demo ARGS=-sticky`) the apps run in sticky mode and
+// the proxy pins each client to one app server with a cookie (demo_route),
+// moving it to a running one when that server is down; the page can then
+// also stop (SIGTERM), kill (SIGKILL) and restart the app servers, to watch
+// a session survive the death of the app server that held it in memory.
+// -sticky-trust and -async-backup are passed on to the apps.
 //
 // Run it from the module root (it builds ./examples/app). Ctrl-C (SIGINT)
 // or SIGTERM stops every child process, also while the demo is starting,
@@ -75,12 +83,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Nodes, "nodes", demo.DefaultNodes, "number of memcached nodes")
 	fs.IntVar(&cfg.Apps, "apps", demo.DefaultApps, "number of app servers")
 	fs.StringVar(&locking, "locking", "all", "locking `mode` of the apps: all, none, auto or pattern:REGEXP")
+	fs.BoolVar(&cfg.Sticky, "sticky", false, "sticky variant: sticky apps; the proxy pins each client to one app server by cookie and fails over; the page can stop, kill and start app servers")
+	fs.BoolVar(&cfg.StickyTrust, "sticky-trust", false, "with -sticky: the apps serve sessions from memory without checking memcached's version (-sticky-trust)")
+	fs.BoolVar(&cfg.AsyncBackup, "async-backup", false, "pass -async-backup to the apps: session writes queued after the response (the backup copy; with -sticky the whole write)")
 	quiet := fs.Bool("quiet", false, "do not show the app servers' logs")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if cfg.StickyTrust && !cfg.Sticky {
+		return errors.New("-sticky-trust needs -sticky")
 	}
 	cfg.AppArgs = []string{"-locking", locking}
 	log := slog.New(slog.NewTextHandler(stderr, nil)).With("who", "demo")
@@ -100,6 +114,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "\nmcsession demo: open %s  (Ctrl-C stops everything)\n\n", d.URL())
+	if cfg.Sticky {
+		fmt.Fprintf(stdout, "sticky variant: the proxy pins each browser to one app server (cookie %s);\n"+
+			"kill that server on the page and watch the session move to the other one.\n\n", demo.RouteCookie)
+	}
 	<-ctx.Done()
 	fmt.Fprintf(stdout, "\n%v: stopping the page and proxy, %d app servers and %d memcached nodes…\n",
 		context.Cause(ctx), len(d.Apps()), len(d.Nodes().Nodes))

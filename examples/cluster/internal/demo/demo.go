@@ -12,6 +12,25 @@
 //	POST /demo/nodes/{id}/kill    kill a memcached node (SIGKILL, a crash)
 //	POST /demo/nodes/{id}/start   restart a stopped node (empty, same address)
 //	anything else                 proxied round robin to the app servers
+//
+// # Sticky variant
+//
+// With Config.Sticky the apps run in sticky mode (-sticky: each keeps the
+// sessions it serves in memory) and the proxy is sticky, as a load balancer
+// in front of Tomcat with memcached-session-manager would be: it pins each
+// client to one app server with the RouteCookie, which names that server
+// (HAProxy's "cookie SERVERID insert"). When the pinned server is down (its
+// process stopped, or it refuses the connection), the proxy sends the
+// request to a running one and pins the client there: that server loads the
+// session from memcached, so the session survives the death of the server
+// that held it. The page can then also stop, kill and restart app servers:
+//
+//	POST /demo/apps/{name}/stop   stop an app server (SIGTERM: it finishes its
+//	                              requests and writes its queued session writes)
+//	POST /demo/apps/{name}/kill   kill an app server (SIGKILL, a crash: queued
+//	                              writes, with -async-backup, are lost)
+//	POST /demo/apps/{name}/start  restart a stopped app server (same address,
+//	                              new process, empty session cache)
 package demo
 
 import (
@@ -29,6 +48,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +87,41 @@ const (
 	nodeStartTimeout = 10 * time.Second
 	// shutdownTimeout bounds the shutdown of the demo's HTTP server.
 	shutdownTimeout = 5 * time.Second
+	// appStartTimeout bounds the restart of an app server.
+	appStartTimeout = appproc.DefaultStartTimeout
+)
+
+// The sticky proxy's cookie and response headers (Config.Sticky).
+const (
+	// RouteCookie is the cookie the sticky proxy pins a client with: the
+	// name of the client's app server, e.g. "app1". The proxy sets it on
+	// the first response and whenever it moves the client to another
+	// server.
+	RouteCookie = "demo_route"
+	// RouteHeader names, on every response of the sticky proxy, the app
+	// server the request was sent to.
+	RouteHeader = "X-Demo-Route"
+	// FailoverHeader names, on a response of the sticky proxy, the app
+	// server the client was pinned to when the proxy had to send the
+	// request elsewhere because that server was down.
+	FailoverHeader = "X-Demo-Failover"
+)
+
+// The process states of an app server (AppState.Status).
+const (
+	// AppRunning: the process is alive and the proxy sends requests to it.
+	AppRunning = "running"
+	// AppStopping: stopped from the page (SIGTERM), still finishing its
+	// requests and queued writes; the proxy sends it nothing new.
+	AppStopping = "stopping"
+	// AppStopped: stopped from the page (SIGTERM), and gone.
+	AppStopped = "stopped"
+	// AppKilled: killed from the page (SIGKILL), and gone.
+	AppKilled = "killed"
+	// AppExited: gone, not by the page's doing.
+	AppExited = "exited"
+	// AppStarting: being restarted from the page.
+	AppStarting = "starting"
 )
 
 // ErrNotStopped is in the error of a failed Start (one cancelled by its
@@ -104,24 +159,41 @@ type Config struct {
 	StartTimeout time.Duration
 	// Logger receives the demo's own events. Default: discarded.
 	Logger *slog.Logger
+	// Sticky runs the sticky variant (see the package doc): the apps get
+	// -sticky, the proxy pins each client to one app server with the
+	// RouteCookie and fails over to a running one, and the page can stop,
+	// kill and restart app servers. Default false: the round-robin proxy
+	// and non-sticky apps.
+	Sticky bool
+	// StickyTrust, with Sticky, gives the apps -sticky-trust (they serve
+	// the session in memory without checking memcached's version first).
+	StickyTrust bool
+	// AsyncBackup gives the apps -async-backup (writes queued after the
+	// response: the backup copy, or with Sticky the whole write).
+	AsyncBackup bool
 }
 
 // Demo is a running demo. Close it to stop every child process.
 type Demo struct {
-	cfg     Config
-	log     *slog.Logger
-	tmpDir  string
-	mc      *mcproc.Cluster
-	apps    []*appproc.Proc
-	cluster *replica.Cluster // the demo's own view of the nodes
-	st      *store.Store     // for Placement only; it stores nothing
-	ln      net.Listener
-	srv     *http.Server
-	next    atomic.Uint64 // round-robin position of the proxy
-	hc      *http.Client  // probes of the apps
+	cfg       Config
+	log       *slog.Logger
+	tmpDir    string
+	bin       string   // the app binary
+	appArgs   []string // every app's flags after -listen, -nodes and -name
+	page      string   // the page, marked sticky in sticky mode
+	mc        *mcproc.Cluster
+	apps      []*appSlot
+	cluster   *replica.Cluster // the demo's own view of the nodes
+	st        *store.Store     // for Placement only; it stores nothing
+	ln        net.Listener
+	srv       *http.Server
+	next      atomic.Uint64   // round-robin position of the proxy
+	hc        *http.Client    // probes of the apps
+	transport *http.Transport // the sticky proxy's; nil in round-robin mode
 
 	mu    sync.Mutex
-	views map[string]map[string]string // app name -> node id -> breaker state
+	views map[string]map[string]string     // app name -> node id -> breaker state
+	stats map[string]*server.StatsResponse // app name -> its /api/stats (sticky mode)
 
 	probe     chan struct{} // asks the poller for an immediate round
 	stopPoll  context.CancelFunc
@@ -154,8 +226,28 @@ type AppState struct {
 	URL string `json:"url"`
 	// Running reports whether the app process is alive.
 	Running bool `json:"running"`
-	// Pid is the app's process id.
+	// Pid is the app's process id (of its latest process).
 	Pid int `json:"pid"`
+	// Status is the process state: AppRunning, AppStopping, AppStopped,
+	// AppKilled, AppExited or AppStarting.
+	Status string `json:"status"`
+	// Restarts counts the restarts from the page (sticky mode).
+	Restarts int `json:"restarts,omitempty"`
+	// Stats is the app's GET /api/stats as of the latest probe (sticky
+	// mode only; nil when the app did not answer).
+	Stats *server.StatsResponse `json:"stats,omitempty"`
+}
+
+// ModeState is the demo's mode in State.
+type ModeState struct {
+	// Sticky is Config.Sticky: the sticky proxy and apps.
+	Sticky bool `json:"sticky"`
+	// StickyTrust is Config.StickyTrust.
+	StickyTrust bool `json:"stickyTrust"`
+	// AsyncBackup is Config.AsyncBackup.
+	AsyncBackup bool `json:"asyncBackup"`
+	// RouteCookie is the sticky proxy's cookie, "" in round-robin mode.
+	RouteCookie string `json:"routeCookie,omitempty"`
 }
 
 // SessionState is the placement of a session id in State.
@@ -179,6 +271,62 @@ type State struct {
 	Apps []AppState `json:"apps"`
 	// Session is the placement of the id given as ?id=, nil without one.
 	Session *SessionState `json:"session,omitempty"`
+	// Mode is the demo's mode.
+	Mode ModeState `json:"mode"`
+	// Pinned is the app server the RouteCookie of the request for the
+	// state names: the one the sticky proxy sends the asker to while it
+	// runs ("" in round-robin mode or without the cookie).
+	Pinned string `json:"pinned,omitempty"`
+}
+
+// appSlot is one app server of the demo: its name and address stay, its
+// process changes when the page restarts it.
+type appSlot struct {
+	name   string
+	target *url.URL // the app's base URL; a restart listens there again
+
+	ctl    sync.Mutex // serialises restarts and Close's stop of the app
+	closed bool       // set by Close under ctl: no more restarts
+
+	mu       sync.Mutex
+	proc     *appproc.Proc
+	action   string // the page's last action on proc: "" or an App* state
+	restarts int
+}
+
+// current returns the app's process and the page's last action on it.
+func (s *appSlot) current() (*appproc.Proc, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc, s.action
+}
+
+// setAction records the page's action on p, unless p was replaced since.
+func (s *appSlot) setAction(p *appproc.Proc, action string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == p {
+		s.action = action
+	}
+}
+
+// status returns the app's process state (AppState.Status).
+func (s *appSlot) status() string {
+	p, action := s.current()
+	running := p.Running()
+	switch {
+	case action == AppStarting:
+		return AppStarting
+	case running && action == AppStopping:
+		return AppStopping
+	case running:
+		return AppRunning
+	case action == AppStopping: // gone, the stop not yet recorded
+		return AppStopped
+	case action == AppStopped || action == AppKilled:
+		return action
+	}
+	return AppExited
 }
 
 // Start builds (when needed) and starts everything: the memcached nodes,
@@ -210,6 +358,9 @@ func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 	if cfg.Nodes < 2 || cfg.Apps < 1 || cfg.PollInterval < 0 {
 		return nil, fmt.Errorf("demo: need at least 2 nodes and 1 app (got %d and %d)", cfg.Nodes, cfg.Apps)
 	}
+	if cfg.StickyTrust && !cfg.Sticky {
+		return nil, errors.New("demo: StickyTrust (-sticky-trust) needs Sticky (-sticky)")
+	}
 	if err := checkLoopback(cfg.Listen); err != nil {
 		return nil, err
 	}
@@ -221,8 +372,15 @@ func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 		log:      cfg.Logger,
 		hc:       &http.Client{Timeout: probeTimeout},
 		views:    map[string]map[string]string{},
+		stats:    map[string]*server.StatsResponse{},
 		probe:    make(chan struct{}, 1),
 		pollDone: make(chan struct{}),
+		page:     page,
+		appArgs:  appArgs(cfg),
+	}
+	if cfg.Sticky {
+		d.page = strings.Replace(page, "<body>", `<body class="sticky">`, 1)
+		d.transport = http.DefaultTransport.(*http.Transport).Clone()
 	}
 	defer func() {
 		if err != nil {
@@ -236,13 +394,13 @@ func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 	if d.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return d, fmt.Errorf("demo: listen (choose another address with -listen): %w", err)
 	}
-	bin := cfg.AppBinary
-	if bin == "" {
+	d.bin = cfg.AppBinary
+	if d.bin == "" {
 		if d.tmpDir, err = os.MkdirTemp("", "mcsession-demo-"); err != nil {
 			return d, fmt.Errorf("demo: %w", err)
 		}
 		d.log.Info("building the app", "package", appproc.ImportPath)
-		if bin, err = appproc.Build(ctx, d.tmpDir); err != nil {
+		if d.bin, err = appproc.Build(ctx, d.tmpDir); err != nil {
 			return d, fmt.Errorf("demo: %w", err)
 		}
 	}
@@ -252,13 +410,15 @@ func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 	}
 	for i := 1; i <= cfg.Apps; i++ {
 		name := "app" + strconv.Itoa(i)
-		p, err := appproc.Start(ctx, appproc.Options{
-			Binary: bin, Name: name, Nodes: d.mc.Spec(), Args: cfg.AppArgs, Stderr: cfg.AppLog,
-		})
+		p, err := d.startProc(ctx, name, "")
 		if err != nil {
 			return d, fmt.Errorf("demo: %w", err)
 		}
-		d.apps = append(d.apps, p)
+		target, err := url.Parse(p.URL())
+		if err != nil {
+			return d, errors.Join(fmt.Errorf("demo: app %s: %w", name, err), p.Kill())
+		}
+		d.apps = append(d.apps, &appSlot{name: name, target: target, proc: p})
 		d.log.Info("app server started", "name", name, "url", p.URL(), "pid", p.Pid())
 	}
 	nodes, err := replica.ParseNodes(d.mc.Spec())
@@ -290,6 +450,29 @@ func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 	return d, nil
 }
 
+// appArgs returns the flags of every app after -listen, -nodes and -name:
+// the mode's, then Config.AppArgs.
+func appArgs(cfg Config) []string {
+	var args []string
+	if cfg.Sticky {
+		args = append(args, "-sticky")
+	}
+	if cfg.StickyTrust {
+		args = append(args, "-sticky-trust")
+	}
+	if cfg.AsyncBackup {
+		args = append(args, "-async-backup")
+	}
+	return append(args, cfg.AppArgs...)
+}
+
+// startProc starts the app process name, on listen ("" for a free port).
+func (d *Demo) startProc(ctx context.Context, name, listen string) (*appproc.Proc, error) {
+	return appproc.Start(ctx, appproc.Options{
+		Binary: d.bin, Name: name, Nodes: d.mc.Spec(), Listen: listen, Args: d.appArgs, Stderr: d.cfg.AppLog,
+	})
+}
+
 // checkLoopback rejects a listen address whose host is not a loopback IP
 // or "localhost".
 func checkLoopback(addr string) error {
@@ -313,8 +496,25 @@ func (d *Demo) URL() string { return "http://" + d.ln.Addr().String() + "/" }
 // Nodes returns the memcached nodes.
 func (d *Demo) Nodes() *mcproc.Cluster { return d.mc }
 
-// Apps returns the app server processes.
-func (d *Demo) Apps() []*appproc.Proc { return d.apps }
+// Apps returns the app server processes: the latest process of each app
+// server, running or not.
+func (d *Demo) Apps() []*appproc.Proc {
+	procs := make([]*appproc.Proc, len(d.apps))
+	for i, s := range d.apps {
+		procs[i], _ = s.current()
+	}
+	return procs
+}
+
+// app returns the app server called name, nil when there is none.
+func (d *Demo) app(name string) *appSlot {
+	for _, s := range d.apps {
+		if s.name == name {
+			return s
+		}
+	}
+	return nil
+}
 
 // Close stops the HTTP server (the page and the proxy), the app servers
 // and the memcached nodes, all gracefully (SIGTERM, then SIGKILL after a
@@ -344,13 +544,24 @@ func (d *Demo) Close() error {
 			<-d.pollDone
 		}
 		errs = append(errs, parallel(len(d.apps), func(i int) error {
-			p := d.apps[i]
+			s := d.apps[i]
+			s.ctl.Lock() // waits for a restart from the page, and forbids more
+			s.closed = true
+			s.ctl.Unlock()
+			p, action := s.current()
+			if action != "" && !p.Running() { // stopped or killed from the page
+				d.log.Info("app server already stopped", "name", p.Name(), "pid", p.Pid())
+				return nil
+			}
 			if err := p.Stop(); err != nil {
 				return err
 			}
 			d.log.Info("stopped app server", "name", p.Name(), "pid", p.Pid())
 			return nil
 		}))
+		if d.transport != nil {
+			d.transport.CloseIdleConnections()
+		}
 		if d.cluster != nil {
 			errs = append(errs, d.cluster.Close())
 		}
@@ -424,35 +635,50 @@ func (d *Demo) pollOnce(ctx context.Context) {
 		}()
 	}
 	views := make([]map[string]string, len(d.apps))
-	for i, p := range d.apps {
+	stats := make([]*server.StatsResponse, len(d.apps))
+	for i, s := range d.apps {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			views[i] = d.appView(ctx, p)
+			views[i] = d.appView(ctx, s)
 		}()
+		if d.cfg.Sticky {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				stats[i] = d.appStats(ctx, s)
+			}()
+		}
 	}
 	wg.Wait()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for i, p := range d.apps {
-		d.views[p.Name()] = views[i]
+	for i, s := range d.apps {
+		d.views[s.name] = views[i]
+		d.stats[s.name] = stats[i]
 	}
 }
 
-// appView returns the breaker state of every node as app p sees it, nil
-// when p does not answer.
-func (d *Demo) appView(ctx context.Context, p *appproc.Proc) map[string]string {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.URL()+"/api/nodes", nil)
+// getJSON decodes the JSON answer of GET url into v and reports whether
+// that worked.
+func (d *Demo) getJSON(ctx context.Context, url string, v any) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil
+		return false
 	}
 	resp, err := d.hc.Do(req)
 	if err != nil {
-		return nil
+		return false
 	}
 	defer resp.Body.Close()
+	return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(v) == nil
+}
+
+// appView returns the breaker state of every node as app s sees it, nil
+// when s does not answer.
+func (d *Demo) appView(ctx context.Context, s *appSlot) map[string]string {
 	var nr server.NodesResponse
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&nr) != nil {
+	if !d.getJSON(ctx, s.target.String()+"/api/nodes", &nr) {
 		return nil
 	}
 	view := make(map[string]string, len(nr.Nodes))
@@ -460,6 +686,15 @@ func (d *Demo) appView(ctx context.Context, p *appproc.Proc) map[string]string {
 		view[n.ID] = n.State
 	}
 	return view
+}
+
+// appStats returns app s's GET /api/stats, nil when s does not answer.
+func (d *Demo) appStats(ctx context.Context, s *appSlot) *server.StatsResponse {
+	var sr server.StatsResponse
+	if !d.getJSON(ctx, s.target.String()+"/api/stats", &sr) {
+		return nil
+	}
+	return &sr
 }
 
 // probeSoon asks the poller for a round now (after a node was stopped or
@@ -472,9 +707,17 @@ func (d *Demo) probeSoon() {
 }
 
 // state returns the current State, with the placement of session id when
-// id is not "".
-func (d *Demo) state(id string) State {
-	st := State{Nodes: []NodeState{}, Apps: []AppState{}}
+// id is not "", for a client pinned to app server pinned ("" for none).
+func (d *Demo) state(id, pinned string) State {
+	st := State{Nodes: []NodeState{}, Apps: []AppState{}, Mode: ModeState{
+		Sticky: d.cfg.Sticky, StickyTrust: d.cfg.StickyTrust, AsyncBackup: d.cfg.AsyncBackup,
+	}}
+	if d.cfg.Sticky {
+		st.Mode.RouteCookie = RouteCookie
+		if d.app(pinned) != nil {
+			st.Pinned = pinned
+		}
+	}
 	breakers := map[string]string{}
 	for _, s := range d.cluster.Status() {
 		breakers[s.ID] = s.State
@@ -482,14 +725,14 @@ func (d *Demo) state(id string) State {
 	d.mu.Lock()
 	for _, n := range d.mc.Nodes {
 		ns := NodeState{ID: n.ID, Addr: n.Addr(), Running: n.Running(), Breaker: breakers[n.ID], Apps: map[string]string{}}
-		for _, p := range d.apps {
-			ns.Apps[p.Name()] = d.views[p.Name()][n.ID]
+		for _, s := range d.apps {
+			ns.Apps[s.name] = d.views[s.name][n.ID]
 		}
 		st.Nodes = append(st.Nodes, ns)
 	}
 	d.mu.Unlock()
-	for _, p := range d.apps {
-		st.Apps = append(st.Apps, AppState{Name: p.Name(), URL: p.URL(), Running: p.Running(), Pid: p.Pid()})
+	for _, s := range d.apps {
+		st.Apps = append(st.Apps, d.appState(s))
 	}
 	if id != "" {
 		primary, backup, ok := d.st.Placement(id)
@@ -498,27 +741,57 @@ func (d *Demo) state(id string) State {
 	return st
 }
 
+// appState returns app server s's AppState.
+func (d *Demo) appState(s *appSlot) AppState {
+	p, _ := s.current()
+	s.mu.Lock()
+	restarts := s.restarts
+	s.mu.Unlock()
+	as := AppState{Name: s.name, URL: s.target.String(), Running: p.Running(), Pid: p.Pid(), Status: s.status(), Restarts: restarts}
+	if d.cfg.Sticky && as.Running {
+		d.mu.Lock()
+		as.Stats = d.stats[s.name]
+		d.mu.Unlock()
+	}
+	return as
+}
+
+// pinned returns the app server name r's RouteCookie names, "" for none.
+func pinned(r *http.Request) string {
+	if c, err := r.Cookie(RouteCookie); err == nil {
+		return c.Value
+	}
+	return ""
+}
+
 // handler routes the page and the demo's endpoints, and proxies the rest.
 func (d *Demo) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		_, _ = io.WriteString(w, page)
+		_, _ = io.WriteString(w, d.page)
 	})
 	mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent) // not proxied: it would skew the round robin
 	})
 	mux.HandleFunc("GET /demo/state", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.state(r.URL.Query().Get("id")))
+		writeJSON(w, http.StatusOK, d.state(r.URL.Query().Get("id"), pinned(r)))
 	})
 	mux.HandleFunc("POST /demo/nodes/{id}/{action}", d.nodeAction)
+	notFound := "not found: the demo serves GET /demo/state and POST /demo/nodes/{id}/stop|kill|start"
+	if d.cfg.Sticky {
+		mux.HandleFunc("POST /demo/apps/{name}/{action}", d.appAction)
+		notFound += " and POST /demo/apps/{name}/stop|kill|start"
+	}
 	mux.HandleFunc("/demo/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusNotFound, map[string]string{
-			"error": "not found: the demo serves GET /demo/state and POST /demo/nodes/{id}/stop|kill|start",
-		})
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": notFound})
 	})
-	mux.Handle("/", d.proxy())
+	if d.cfg.Sticky {
+		mux.Handle("/", d.stickyProxy())
+	} else {
+		mux.Handle("/", d.proxy())
+	}
 	return mux
 }
 
@@ -552,7 +825,7 @@ func (d *Demo) nodeAction(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
 		return
 	}
-	for _, ns := range d.state("").Nodes {
+	for _, ns := range d.state("", "").Nodes {
 		if ns.ID == id {
 			writeJSON(w, http.StatusOK, ns)
 			return
@@ -560,15 +833,178 @@ func (d *Demo) nodeAction(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// appAction stops, kills or restarts one app server (sticky mode) and
+// answers its AppState.
+func (d *Demo) appAction(w http.ResponseWriter, r *http.Request) {
+	name, action := r.PathValue("name"), r.PathValue("action")
+	s := d.app(name)
+	if s == nil {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no app server " + strconv.Quote(name)})
+		return
+	}
+	p, _ := s.current()
+	var err error
+	switch action {
+	case "stop":
+		if p.Running() {
+			s.setAction(p, AppStopping)
+			err = p.Stop() // SIGTERM; SIGKILL after appproc.StopGrace
+			if s.status() == AppStopped {
+				s.setAction(p, AppStopped)
+			}
+		}
+	case "kill":
+		if p.Running() {
+			s.setAction(p, AppKilled)
+			err = p.Kill()
+		}
+	case "start":
+		ctx, cancel := context.WithTimeout(r.Context(), appStartTimeout)
+		err = d.restartApp(ctx, s)
+		cancel()
+	default:
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no action " + strconv.Quote(action) + " (stop, kill or start)"})
+		return
+	}
+	p, _ = s.current()
+	d.log.Info("app server "+action, "name", name, "pid", p.Pid(), "err", err)
+	// Connections to a stopped app would fail the next request sent on
+	// them; the next request to a restarted app opens a new one anyway.
+	d.transport.CloseIdleConnections()
+	d.probeSoon()
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, d.appState(s))
+}
+
+// restartApp starts a new process for app server s, on its address, unless
+// it runs. ctx bounds the start.
+func (d *Demo) restartApp(ctx context.Context, s *appSlot) error {
+	s.ctl.Lock()
+	defer s.ctl.Unlock()
+	if s.closed {
+		return errors.New("demo: shutting down")
+	}
+	old, action := s.current()
+	if old.Running() {
+		return nil // running or still stopping: nothing to start
+	}
+	s.setAction(old, AppStarting)
+	p, err := d.startProc(ctx, s.name, s.target.Host)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.action = action
+		return fmt.Errorf("demo: restart %s on %s: %w", s.name, s.target.Host, err)
+	}
+	s.proc, s.action = p, ""
+	s.restarts++
+	return nil
+}
+
+// The sticky proxy passes each try of a request to its ReverseProxy with
+// an attempt in the request's context.
+type attemptKey struct{}
+
+// attempt is one try of the sticky proxy to send a request to an app.
+type attempt struct {
+	app    *appSlot
+	pinned string // the app the request's RouteCookie named, "" for none
+	last   bool   // no other app may be tried after this one
+	failed error  // set when the app refused and the next may be tried
+}
+
+// stickyProxy returns the sticky reverse proxy to the apps: a client's
+// requests go to the running app server its RouteCookie names; a client
+// without one, or whose app server is down, goes to the next running one
+// in round-robin order and is pinned there. A request the app refuses
+// the connection for (it is stopping, or died since its last probe) is
+// sent to the next running app when it has no body.
+func (d *Demo) stickyProxy() http.Handler {
+	rp := &httputil.ReverseProxy{
+		Transport: d.transport,
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			a := pr.In.Context().Value(attemptKey{}).(*attempt)
+			pr.SetURL(a.app.target)
+			pr.SetXForwarded()
+		},
+		ModifyResponse: func(resp *http.Response) error {
+			a := resp.Request.Context().Value(attemptKey{}).(*attempt)
+			resp.Header.Set(RouteHeader, a.app.name)
+			if a.pinned == a.app.name {
+				return nil
+			}
+			c := &http.Cookie{Name: RouteCookie, Value: a.app.name, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode}
+			resp.Header.Add("Set-Cookie", c.String())
+			if d.app(a.pinned) != nil {
+				resp.Header.Set(FailoverHeader, a.pinned)
+				d.log.Info("proxy: app server down, client moved", "from", a.pinned, "to", a.app.name)
+			}
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			a := r.Context().Value(attemptKey{}).(*attempt)
+			var op *net.OpError
+			if !a.last && errors.As(err, &op) && op.Op == "dial" {
+				a.failed = err // nothing was sent: the caller tries the next app
+				return
+			}
+			d.log.Warn("proxy", "path", r.URL.Path, "app", a.app.name, "err", err)
+			http.Error(w, "proxy: app server "+a.app.name+" unreachable", http.StatusBadGateway)
+		},
+		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pin := pinned(r)
+		apps := d.route(pin)
+		if len(apps) == 0 {
+			http.Error(w, "proxy: no app server is running (start one on the demo page)", http.StatusServiceUnavailable)
+			return
+		}
+		retry := r.ContentLength == 0 // no body to send again
+		for i, app := range apps {
+			a := &attempt{app: app, pinned: pin, last: !retry || i == len(apps)-1}
+			rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), attemptKey{}, a)))
+			if a.failed == nil {
+				return
+			}
+			d.log.Warn("proxy: app server refused the connection, trying the next", "app", app.name, "err", a.failed)
+		}
+	})
+}
+
+// route returns the running app servers in the order the sticky proxy
+// tries them for a client pinned to app server pin ("" for none): pin
+// first when it runs, then the others in round-robin order.
+func (d *Demo) route(pin string) []*appSlot {
+	var first *appSlot
+	if s := d.app(pin); s != nil && s.status() == AppRunning {
+		first = s
+	}
+	var offset uint64
+	if first == nil { // a new pin: advance the round robin
+		offset = d.next.Add(1) - 1
+	}
+	apps := make([]*appSlot, 0, len(d.apps))
+	if first != nil {
+		apps = append(apps, first)
+	}
+	for i := range d.apps {
+		s := d.apps[(offset+uint64(i))%uint64(len(d.apps))]
+		if s != first && s.status() == AppRunning {
+			apps = append(apps, s)
+		}
+	}
+	return apps
+}
+
 // proxy returns the round-robin reverse proxy to the apps.
 func (d *Demo) proxy() http.Handler {
 	targets := make([]*url.URL, len(d.apps))
-	for i, p := range d.apps {
-		u, err := url.Parse(p.URL())
-		if err != nil {
-			panic(err) // appproc only returns URLs it parsed from the app
-		}
-		targets[i] = u
+	for i, s := range d.apps {
+		targets[i] = s.target
 	}
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {

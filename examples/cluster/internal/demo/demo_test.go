@@ -212,6 +212,13 @@ func TestDemo(t *testing.T) {
 	st = getState(t, plain, base, "not-a-session-id")
 	require.False(t, st.Session.Valid)
 
+	// The round-robin demo has none of the sticky variant's parts.
+	require.Equal(t, ModeState{}, st.Mode)
+	require.NotContains(t, html, `<body class="sticky">`)
+	code, _ = fetch(t, plain, "POST", base+"demo/apps/app1/kill")
+	require.Equal(t, http.StatusNotFound, code, "app servers are stopped from the page only in the sticky variant")
+	require.True(t, d.Apps()[0].Running())
+
 	// Close stops every child process.
 	require.NoError(t, d.Close())
 	closed = true
