@@ -89,6 +89,7 @@ func (w *asyncWriter) run() {
 		id, write := w.next()
 		if write == nil {
 			if w.closed && len(w.pending) == 0 {
+				w.work.Broadcast() // the other waiting workers exit too
 				return
 			}
 			w.work.Wait()
@@ -111,6 +112,9 @@ func (w *asyncWriter) run() {
 		w.idle = make(chan struct{})
 		if _, more := w.pending[id]; more {
 			w.work.Signal() // its next write may run now
+		}
+		if w.closed {
+			w.work.Broadcast() // waiting workers may have to exit now
 		}
 	}
 }

@@ -66,3 +66,30 @@ func indexOf(list []string, s string) int {
 	}
 	return -1
 }
+
+// TestAsyncWriterCloseWakesEveryWorker closes the writer while one worker
+// runs a session's write and the session's next write waits for it: the
+// other workers, asleep because that write could not start, must wake up
+// and exit once it ran (close used to wait for them forever).
+func TestAsyncWriterCloseWakesEveryWorker(t *testing.T) {
+	for range 20 {
+		w := newAsyncWriter(10, 4, time.Minute, func(string, error) {})
+		release := make(chan struct{})
+		var ran atomic.Int32
+		block := func(ctx context.Context) error { <-release; ran.Add(1); return nil }
+		quick := func(ctx context.Context) error { ran.Add(1); return nil }
+		require.True(t, w.enqueue("a", block))
+		require.Eventually(t, func() bool { _, r := w.counts(); return r == 1 }, 5*time.Second, time.Millisecond)
+		require.True(t, w.enqueue("a", quick)) // waits for the running one
+		closed := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			closed <- w.close(ctx)
+		}()
+		require.Eventually(t, func() bool { w.mu.Lock(); defer w.mu.Unlock(); return w.closed }, 5*time.Second, time.Millisecond)
+		close(release) // after close woke the idle workers once
+		require.NoError(t, <-closed)
+		require.Equal(t, int32(2), ran.Load())
+	}
+}

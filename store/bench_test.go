@@ -165,3 +165,72 @@ func BenchmarkLoadParallel(b *testing.B) {
 		}
 	})
 }
+
+// benchStickySetup is benchSetup with a Store configured by mod (sticky
+// mode, asynchronous writes) whose session is cached.
+func benchStickySetup(b *testing.B, mod func(*store.Config)) (*store.Store, string) {
+	c := mcproc.NewCluster(b, benchNodes)
+	st := newStore(b, c, mod)
+	s := saved(b, st, benchAttrs())
+	b.Cleanup(func() { _ = st.Shutdown(context.Background()) })
+	return st, s.ID()
+}
+
+// BenchmarkLoadSticky loads a cached session after its version probe.
+func BenchmarkLoadSticky(b *testing.B) {
+	st, id := benchStickySetup(b, func(cfg *store.Config) { cfg.Sticky = true })
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := st.Load(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkLoadStickyTrust loads a cached session without memcached.
+func BenchmarkLoadStickyTrust(b *testing.B) {
+	st, id := benchStickySetup(b, func(cfg *store.Config) { cfg.Sticky, cfg.TrustSticky = true, true })
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := st.Load(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchModifySave loads, changes one attribute and saves, b.N times.
+func benchModifySave(b *testing.B, st *store.Store, id string) {
+	ctx := context.Background()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		s, err := st.Load(ctx, id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		i++
+		if err := s.Set("count", i); err != nil {
+			b.Fatal(err)
+		}
+		if err := st.Save(ctx, s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkLoadModifySaveAsync is BenchmarkLoadModifySave with the backup
+// copy written after Save returns (non-sticky AsyncWrites).
+func BenchmarkLoadModifySaveAsync(b *testing.B) {
+	st, id := benchStickySetup(b, func(cfg *store.Config) { cfg.AsyncWrites = true })
+	benchModifySave(b, st, id)
+}
+
+// BenchmarkLoadModifySaveStickyAsync: sticky mode, the whole write after
+// Save returns (trusting stickiness: no round trip on the request's path
+// unless the queue is full).
+func BenchmarkLoadModifySaveStickyAsync(b *testing.B) {
+	st, id := benchStickySetup(b, func(cfg *store.Config) { cfg.Sticky, cfg.TrustSticky, cfg.AsyncWrites = true, true, true })
+	benchModifySave(b, st, id)
+}
