@@ -50,12 +50,16 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 		}
 		return st.saveStickyAsync(ctx, s, p.version, p.changes)
 	}
+	id := s.ID()
 	err := st.save(ctx, s)
 	switch {
 	case err == nil:
+		if s.ID() != id {
+			st.cache.remove(id) // relocated by the save
+		}
 		st.cache.put(s, s.cas(), time.Now())
 	case errors.Is(err, ErrConflict):
-		st.cache.remove(s.ID()) // memcached has a newer version: reload it
+		st.cache.remove(id) // memcached has a newer version: reload it
 	}
 	return err
 }

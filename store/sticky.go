@@ -154,10 +154,11 @@ func (c *cache) setLocked(id string, snap *Session, size int64, now time.Time, m
 }
 
 // lruVictimLocked returns the least recently used entry other than id
-// that may be dropped (no pending write), nil when there is none.
+// that may be dropped (no pending write, no failed one: both hold a state
+// memcached does not have), nil when there is none.
 func (c *cache) lruVictimLocked(id string) *entry {
 	for el := c.lru.Back(); el != nil; el = el.Prev() {
-		if e := el.Value.(*entry); !e.pending && e.id != id {
+		if e := el.Value.(*entry); !e.pending && !e.failed && e.id != id {
 			return e
 		}
 	}
@@ -231,6 +232,9 @@ type CacheStats struct {
 	// newer version of (reloaded); Evictions the sessions dropped to make
 	// room.
 	Hits, Misses, Probes, Stale, Evictions uint64
+	// Unwritten counts the cached sessions whose last asynchronous write
+	// failed: newer than memcached until their next save writes them.
+	Unwritten int
 }
 
 // CacheStats returns the state of the sticky-mode cache; zero without
@@ -242,9 +246,16 @@ func (st *Store) CacheStats() CacheStats {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	unwritten := 0
+	for _, e := range c.entries {
+		if e.failed {
+			unwritten++
+		}
+	}
 	return CacheStats{
 		Sessions: len(c.entries), Bytes: c.bytes, MaxBytes: c.max,
 		Hits: c.hits, Misses: c.misses, Probes: c.probes, Stale: c.stale, Evictions: c.evictions,
+		Unwritten: unwritten,
 	}
 }
 

@@ -317,7 +317,11 @@ func (st *Store) Shutdown(ctx context.Context) error {
 	if st.async == nil {
 		return nil
 	}
-	return st.async.close(ctx)
+	err := st.async.close(ctx)
+	if n := st.CacheStats().Unwritten; n > 0 {
+		st.log.Warn("sessions whose asynchronous write failed are not in memcached: they are lost with this process", "count", n)
+	}
+	return err
 }
 
 // Flush waits until the writes queued so far (Config.AsyncWrites) are
