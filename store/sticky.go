@@ -40,11 +40,15 @@ type cache struct {
 // entry is one cached session.
 type entry struct {
 	id      string
-	snap    *Session  // the latest state, never handed out (sessions get clones)
-	cas     uint64    // CAS id of memcached's primary copy, 0 when none is known
-	written bool      // memcached has a copy of this session (its CAS is cas)
-	pending bool      // an asynchronous write of snap is queued or running
-	failed  bool      // the last asynchronous write failed: snap is newer than memcached
+	snap    *Session // the latest state, never handed out (sessions get clones)
+	cas     uint64   // CAS id of memcached's primary copy, 0 when none is known
+	written bool     // memcached has a copy of this session (its CAS is cas)
+	pending bool     // an asynchronous write of snap is queued or running
+	failed  bool     // the last asynchronous write failed: snap is newer than memcached
+	// unsure is the version of a write that failed after it may have
+	// reached the primary (0: none): the next write first checks whether
+	// memcached holds it, to know the CAS to write against.
+	unsure  uint64
 	size    int64     // counted against cache.max
 	expires time.Time // idle timeout after the last use
 	elem    *list.Element
@@ -110,13 +114,24 @@ func (c *cache) put(s *Session, cas uint64, now time.Time) bool {
 // moved past it meanwhile (a concurrent request without the lock saved
 // first) nothing is cached and conflict is true, the local counterpart of
 // memcached's compare-and-set. ok is false when snap does not fit.
-func (c *cache) putPending(id string, snap *Session, base uint64, now time.Time) (ok, conflict bool) {
+//
+// When id has no entry (evicted since the request loaded it), the new
+// entry starts from what the request loaded: memcached's copy has CAS
+// loadedCAS, or none when isNew.
+func (c *cache) putPending(id string, snap *Session, base, loadedCAS uint64, isNew bool, now time.Time) (ok, conflict bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e := c.entries[id]; e != nil && e.snap.version != base {
+	e := c.entries[id]
+	if e != nil && e.snap.version != base {
 		return false, true
 	}
-	return c.setLocked(id, snap, snap.cost(), now, func(e *entry) { e.pending = true }), false
+	fresh := e == nil
+	return c.setLocked(id, snap, snap.cost(), now, func(e *entry) {
+		e.pending = true
+		if fresh {
+			e.cas, e.written = loadedCAS, !isNew
+		}
+	}), false
 }
 
 // setLocked stores snap under id with size, making room by dropping least
@@ -183,22 +198,23 @@ func (c *cache) remove(id string) {
 // forWrite returns what an asynchronous write of id must write: a clone
 // of the latest state and memcached's CAS id and whether memcached has a
 // copy; ok is false when the entry is gone (destroyed).
-func (c *cache) forWrite(id string) (s *Session, cas uint64, written, ok bool) {
+func (c *cache) forWrite(id string) (s *Session, cas uint64, written bool, unsure uint64, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e := c.entries[id]
 	if e == nil {
-		return nil, 0, false, false
+		return nil, 0, false, 0, false
 	}
-	return e.snap.clone(), e.cas, e.written, true
+	return e.snap.clone(), e.cas, e.written, e.unsure, true
 }
 
 // wrote records the end of an asynchronous write of id's state of
 // version: on success memcached's new CAS id; the entry stays pending when
 // a newer state was cached meanwhile (its write is queued). A failed
-// write leaves the entry ahead of memcached; a conflict, or a session
-// that moved to another id, drops it.
-func (c *cache) wrote(id string, version, cas uint64, err error, moved bool) {
+// write leaves the entry ahead of memcached (and unsure whether the
+// primary got it); a conflict drops it, as a synchronous save's conflict
+// does: memcached's version wins.
+func (c *cache) wrote(id string, version, cas uint64, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e := c.entries[id]
@@ -207,18 +223,38 @@ func (c *cache) wrote(id string, version, cas uint64, err error, moved bool) {
 	}
 	newer := e.snap.version > version
 	switch {
-	case moved || errors.Is(err, ErrConflict) || errors.Is(err, ErrDestroyed):
-		if !newer {
-			c.removeLocked(e)
-			return
-		}
-		e.cas, e.written = 0, false // the newer state is written as a new session
+	case errors.Is(err, ErrConflict) || errors.Is(err, ErrDestroyed):
+		c.removeLocked(e) // a newer state's queued write finds nothing
+		return
 	case err != nil:
-		e.failed = true
+		e.failed, e.unsure = true, version
 	default:
-		e.cas, e.written, e.failed = cas, true, false
+		e.cas, e.written, e.failed, e.unsure = cas, true, false, 0
 	}
 	e.pending = newer
+}
+
+// moved records that an asynchronous write relocated session id to newID
+// (its primary node failed) with CAS cas: the entry now lives under
+// newID. It reports whether a newer state is pending, whose write must be
+// queued under newID.
+func (c *cache) moved(id, newID string, version, cas uint64) (pending bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.entries[id]
+	if e == nil {
+		return false
+	}
+	delete(c.entries, id)
+	if old := c.entries[newID]; old != nil {
+		c.removeLocked(old)
+	}
+	e.id = newID
+	e.snap.setID(newID, false)
+	c.entries[newID] = e
+	e.cas, e.written, e.failed, e.unsure = cas, true, false, 0
+	e.pending = e.snap.version > version
+	return e.pending
 }
 
 // CacheStats describes the sticky-mode cache (Config.Sticky).
@@ -337,24 +373,32 @@ func (st *Store) lockSticky(ctx context.Context, id string) (*lock.LocalLock, er
 // changes are what Save encoded. When the cache or the queue has no room,
 // the write runs now, still after the session's earlier queued write.
 func (st *Store) saveStickyAsync(ctx context.Context, s *Session, version, changes uint64) error {
-	id := s.ID()
+	s.mu.Lock()
+	id, loadedCAS, isNew := s.id, s.casID, s.isNew
+	s.mu.Unlock()
 	snap := s.clone()
 	snap.version = version
 	write := st.stickyWrite(id)
-	fits, conflict := st.cache.putPending(id, snap, version-1, time.Now())
+	fits, conflict := st.cache.putPending(id, snap, version-1, loadedCAS, isNew, time.Now())
 	if conflict {
 		st.stats.conflicts.Add(1)
 		return fmt.Errorf("%w: %s", ErrConflict, id)
 	}
 	if !fits {
-		// No room: write through, after any earlier queued write of id.
+		// No room: write through, after any earlier queued write of id,
+		// against the CAS that write left.
 		if err := st.async.waitFor(ctx, id); err != nil {
 			return fmt.Errorf("%w: save %s: %w", ErrUnavailable, id, err)
 		}
-		if c, _, written, ok := st.cache.forWrite(id); ok && written {
-			s.setCAS(c.casID)
+		if _, cas, written, _, ok := st.cache.forWrite(id); ok && written {
+			s.setCAS(cas)
 		}
-		return st.save(ctx, s)
+		err := st.save(ctx, s)
+		st.cache.remove(id) // the cached state is older (or gone)
+		if err == nil {
+			st.cache.put(s, s.cas(), time.Now()) // when it fits now
+		}
+		return err
 	}
 	if !st.async.enqueue(id, write) {
 		if err := st.async.waitFor(ctx, id); err != nil {
@@ -375,9 +419,12 @@ func (st *Store) saveStickyAsync(ctx context.Context, s *Session, version, chang
 // against the CAS id of memcached's copy as the previous write left it.
 func (st *Store) stickyWrite(id string) func(context.Context) error {
 	return func(ctx context.Context) error {
-		s, cas, written, ok := st.cache.forWrite(id)
+		s, cas, written, unsure, ok := st.cache.forWrite(id)
 		if !ok {
 			return nil // destroyed meanwhile
+		}
+		if unsure != 0 && written {
+			cas = st.reconcileCAS(ctx, id, cas, unsure)
 		}
 		version := s.version
 		s.version--   // Save writes version+1
@@ -385,11 +432,34 @@ func (st *Store) stickyWrite(id string) func(context.Context) error {
 		s.isNew = !written
 		s.casID = cas
 		err := st.save(ctx, s)
-		moved := err == nil && s.ID() != id
-		st.cache.wrote(id, version, s.cas(), err, moved)
-		if moved {
-			st.log.Warn("session relocated by an asynchronous write: its next request finds it through the old id", "from", id, "to", s.ID())
+		if newID := s.ID(); err == nil && newID != id {
+			st.log.Warn("session relocated by an asynchronous write: its next request finds it through the old id", "from", id, "to", newID)
+			if st.cache.moved(id, newID, version, s.cas()) {
+				// A newer state waits: write it where the session lives now.
+				if next := st.stickyWrite(newID); !st.async.enqueue(newID, next) {
+					return next(ctx)
+				}
+			}
+			return nil
 		}
+		st.cache.wrote(id, version, s.cas(), err)
 		return err
 	}
+}
+
+// reconcileCAS returns the CAS id to write session id against after a
+// write of version unsure failed, maybe after the primary took it: the
+// primary's CAS when it holds that version (client flags), else cas, the
+// CAS before that write (a wrong guess ends in ErrConflict, never in an
+// overwrite).
+func (st *Store) reconcileCAS(ctx context.Context, id string, cas, unsure uint64) uint64 {
+	_, node, ok := splitID(id)
+	if !ok {
+		return cas
+	}
+	resp, err := ops.Do(ctx, st.view, node, meta.Request{Command: meta.Get, Key: st.key(id), ReturnCAS: true, ReturnFlags: true})
+	if err == nil && resp.Status == meta.StatusOK && resp.CAS != cas && resp.Flags == flagsOf(unsure) {
+		return resp.CAS
+	}
+	return cas
 }

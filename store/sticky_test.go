@@ -265,3 +265,92 @@ func TestStickyAsyncUnlockedConflict(t *testing.T) {
 		require.Equal(t, 1, counter(t, got))
 	}
 }
+
+// TestStickyAsyncSaveAfterEviction evicts a loaded session from a small
+// cache before its request saves: the queued write starts from the CAS
+// the request loaded, so it lands (it used to be written as a new session
+// and refused).
+func TestStickyAsyncSaveAfterEviction(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	st := stickyStore(t, c, func(cfg *store.Config) { cfg.AsyncWrites, cfg.CacheBytes = true, 8<<10 })
+	ctx := context.Background()
+	pad := strings.Repeat("p", 1000)
+	id := saved(t, st, map[string]any{"n": 1, "pad": pad}).ID()
+	flush(t, st)
+	s, err := st.LoadLocked(ctx, id)
+	require.NoError(t, err)
+	for i := range 20 { // push it out of the cache
+		saved(t, st, map[string]any{"n": i, "pad": pad})
+		flush(t, st)
+	}
+	require.Positive(t, st.CacheStats().Evictions)
+	require.NoError(t, s.Set("n", 2))
+	require.NoError(t, st.SaveAndRelease(ctx, s))
+	flush(t, st)
+	require.Zero(t, st.Stats().AsyncFailed)
+	got, err := stickyStore(t, c, nil).Load(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, 2, counter(t, got))
+}
+
+// TestStickyAsyncCacheFullWritesThrough fills the cache with sessions
+// whose writes wait for a paused node (they cannot be dropped): the next
+// save writes through to memcached before it returns, and every session
+// ends up in memcached.
+func TestStickyAsyncCacheFullWritesThrough(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := asyncStore(t, c, 30*time.Second, func(cfg *store.Config) {
+		cfg.Sticky, cfg.TrustSticky, cfg.CacheBytes, cfg.AsyncWorkers = true, true, 4096, 1
+	})
+	ctx := context.Background()
+	pad := strings.Repeat("p", 1000)
+	require.NoError(t, c.Node("n1").Pause())
+	var pinned []*store.Session
+	for range 3 { // on n1: their writes cannot run
+		s := newOn(t, st, "n1")
+		require.NoError(t, s.Set("pad", pad))
+		require.NoError(t, st.Save(ctx, s))
+		pinned = append(pinned, s)
+	}
+	require.Equal(t, 3, st.CacheStats().Sessions)
+	x := newOn(t, st, "n2") // backup on n3
+	require.NoError(t, x.Set("pad", pad))
+	require.NoError(t, st.Save(ctx, x))
+	key, _, _ := st.MemcachedKeys(x.ID())
+	requireCopy(t, c, "n2", key, 1) // written before Save returned
+	require.Equal(t, uint64(3), st.Stats().AsyncQueued)
+	require.LessOrEqual(t, st.CacheStats().Bytes, int64(4096))
+
+	require.NoError(t, c.Node("n1").Resume())
+	flush(t, st)
+	for _, s := range pinned {
+		key, _, _ := st.MemcachedKeys(s.ID())
+		requireCopy(t, c, "n1", key, 1)
+	}
+}
+
+// TestStickyTrustAsyncFailback pins down TrustSticky with AsyncWrites: the
+// stale copy's save is acknowledged, its queued write is refused by
+// memcached's compare-and-set (counted in AsyncFailed, never overwriting
+// the newer version), and the stale copy is dropped, so the next request
+// reads the newer version.
+func TestStickyTrustAsyncFailback(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	a := stickyStore(t, c, func(cfg *store.Config) { cfg.TrustSticky, cfg.AsyncWrites = true, true })
+	b := stickyStore(t, c, nil)
+	ctx := context.Background()
+	id := saved(t, a, map[string]any{"n": 0}).ID()
+	for range 3 {
+		require.NoError(t, increment(ctx, a, id))
+	}
+	flush(t, a)
+	for range 2 {
+		require.NoError(t, increment(ctx, b, id))
+	}
+	require.NoError(t, increment(ctx, a, id), "acknowledged: the write is queued")
+	flush(t, a)
+	require.Equal(t, uint64(1), a.Stats().AsyncFailed)
+	got, err := a.Load(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, 5, counter(t, got), "B's version won; A's stale increment is lost")
+}
