@@ -90,8 +90,10 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// Close is Shutdown without a deadline for the queued writes (each is
-// bounded by store.DefaultAsyncWriteTimeout).
+// Close is Shutdown without a deadline for the queued writes: with many
+// writes queued for a node that hangs it can take long (each write is
+// bounded by store.DefaultAsyncWriteTimeout, store.DefaultAsyncWorkers run
+// at once), so prefer Shutdown with a deadline when AsyncWrites is on.
 func (m *Manager) Close() error { return m.Shutdown(context.Background()) }
 
 // checkOpenOnly refuses the Options fields only Open reads, so that a

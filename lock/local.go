@@ -57,6 +57,10 @@ func (l *Local) Acquire(ctx context.Context, key string) (*LocalLock, error) {
 	k.refs++
 	l.mu.Unlock()
 
+	if err := ctx.Err(); err != nil {
+		l.unref(key, k)
+		return nil, err
+	}
 	select {
 	case k.token <- struct{}{}:
 		return &LocalLock{l: l, key: key, k: k}, nil

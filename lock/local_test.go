@@ -56,6 +56,8 @@ func TestLocalTimeoutAndContext(t *testing.T) {
 	cancel()
 	_, err = l.Acquire(lock.WithWaitTimeout(ctx, time.Hour), "a")
 	require.ErrorIs(t, err, context.Canceled)
+	_, err = l.Acquire(ctx, "free")
+	require.ErrorIs(t, err, context.Canceled, "an ended context gets no lock, free or not")
 
 	other, err := l.Acquire(context.Background(), "b")
 	require.NoError(t, err, "another key is free")

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mcsession/mcsession/integration/mcproc"
@@ -248,5 +247,3 @@ func TestAsyncBackupNodeDown(t *testing.T) {
 		requireCopy(t, c, "n2", bkey, 2)
 	})
 }
-
-var _ = memcache.ErrCacheMiss

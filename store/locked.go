@@ -162,7 +162,10 @@ func (st *Store) Release(ctx context.Context, s *Session) error {
 // next holder of the lock could save a newer version whose backup copy
 // this save's backup write then overwrites (a stale backup copy that a
 // failover of the primary would bring back). The lock is released even
-// when the save fails; the save's error comes first.
+// when the save fails; the save's error comes first. With
+// Config.AsyncWrites the lock is released once Save returned: a queued
+// backup copy is written version-guarded, so a later holder's newer copy
+// is never replaced by it.
 func (st *Store) SaveAndRelease(ctx context.Context, s *Session) error {
 	saveErr := st.Save(ctx, s)
 	relErr := st.Release(ctx, s)

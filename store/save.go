@@ -31,6 +31,9 @@ import (
 // two of them: when the backup node fails, the backup copy is written to
 // the next usable node before Save returns. With a single usable node the
 // save succeeds with one copy (counted in Stats.SingleCopySaves, logged).
+// Config.AsyncWrites relaxes this: Save returns once the primary copy is
+// written (non-sticky) or once the write is queued (sticky mode), and the
+// rest follows in the background (see the package doc).
 func (st *Store) Save(ctx context.Context, s *Session) error {
 	if st.cache == nil {
 		return st.save(ctx, s)
@@ -688,6 +691,13 @@ func (st *Store) RenewID(ctx context.Context, s *Session) error {
 	s.mu.Unlock()
 	if err := st.Save(ctx, s); err != nil {
 		return fmt.Errorf("store: renew %s: %w", oldID, err)
+	}
+	if st.async != nil && st.cache != nil {
+		// The new id's write is queued: let it land before the old id is
+		// deleted, or a crash in between would lose the whole session.
+		if err := st.async.waitFor(ctx, s.ID()); err != nil {
+			return fmt.Errorf("store: renew %s: %w", oldID, err)
+		}
 	}
 	if err := st.DestroyID(ctx, oldID); err != nil {
 		st.log.Warn("renew id: old session not fully deleted", "id", oldID, "err", err)

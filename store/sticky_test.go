@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mcsession/mcsession/integration/mcproc"
@@ -231,7 +232,7 @@ func TestStickyDestroyWithAWriteQueued(t *testing.T) {
 		for _, n := range c.Nodes {
 			for _, k := range []string{key, bkey} {
 				_, err := get(t, c, n.ID, k)
-				require.Error(t, err, "%s on %s", k, n.ID)
+				require.ErrorIs(t, err, memcache.ErrCacheMiss, "%s on %s", k, n.ID)
 			}
 		}
 		_, err := st.Load(ctx, id)

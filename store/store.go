@@ -45,7 +45,9 @@
 // no body, no decoding) and reloads it when memcached holds a newer
 // version. Config.TrustSticky skips that check, as msm does: the stale
 // copy is served, and its next save fails with ErrConflict instead of
-// overwriting the newer version (the copy is then dropped and reloaded).
+// overwriting the newer version (the copy is then dropped and reloaded;
+// with AsyncWrites the save was acknowledged first, so its change is lost,
+// counted in Stats.AsyncFailed).
 //
 // # Asynchronous writes
 //
@@ -161,7 +163,10 @@ type Config struct {
 	// no newer version: msm's behaviour. It saves that round trip, but a
 	// user whom the balancer moved to another app server and back is
 	// served the stale copy this server kept, and its next save fails
-	// with ErrConflict. Default false: check.
+	// with ErrConflict instead of overwriting the newer version (with
+	// AsyncWrites the save was acknowledged already: its queued write is
+	// refused, counted in Stats.AsyncFailed and logged, and that change is
+	// lost). Default false: check.
 	TrustSticky bool
 	// CacheBytes bounds the sticky-mode cache: the encoded sizes of the
 	// sessions it holds (least recently used ones are dropped; a session
@@ -317,15 +322,20 @@ func (st *Store) Shutdown(ctx context.Context) error {
 	if st.async == nil {
 		return nil
 	}
+	failedBefore := st.async.failed.Load()
 	err := st.async.close(ctx)
+	if n := st.async.failed.Load() - failedBefore; n > 0 {
+		err = errors.Join(err, fmt.Errorf("store: %d queued writes failed while shutting down (logged)", n))
+	}
 	if n := st.CacheStats().Unwritten; n > 0 {
 		st.log.Warn("sessions whose asynchronous write failed are not in memcached: they are lost with this process", "count", n)
 	}
 	return err
 }
 
-// Flush waits until the writes queued so far (Config.AsyncWrites) are
-// done, or until ctx ends; saves go on being queued meanwhile.
+// Flush waits until no write is queued or running (Config.AsyncWrites),
+// or until ctx ends; saves go on being queued meanwhile, so under steady
+// traffic bound it with ctx (or use Shutdown, which stops queueing).
 func (st *Store) Flush(ctx context.Context) error {
 	if st.async == nil {
 		return nil

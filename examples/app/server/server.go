@@ -446,7 +446,7 @@ func (s *Server) logout(ctx context.Context, r *http.Request, sess *httpsession.
 	return false, nil
 }
 
-// nodes answers this server's view of the memcached nodes.
+// stats answers the session layer's counters on this server.
 func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(InstanceHeader, s.name)
 	w.Header().Set("Content-Type", "application/json")
@@ -457,6 +457,7 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// nodes answers this server's view of the memcached nodes.
 func (s *Server) nodes(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(InstanceHeader, s.name)
 	w.Header().Set("Content-Type", "application/json")
