@@ -184,3 +184,34 @@ func TestCloseWhileServing(t *testing.T) {
 	r := c.do(srv, "GET", "/")
 	require.Equal(t, http.StatusServiceUnavailable, r.code, "after Close")
 }
+
+// TestShutdownWritesQueuedSessions runs a sticky Manager with
+// asynchronous writes and shuts it down: every acknowledged increment is
+// in memcached afterwards, as another (non-sticky) app server sees.
+func TestShutdownWritesQueuedSessions(t *testing.T) {
+	t.Parallel()
+	mc := mcproc.NewCluster(t, 2)
+	m, err := httpsession.Open(mc.Spec(), httpsession.Options{
+		Logger: discard,
+		Store:  store.Config{Sticky: true, AsyncWrites: true},
+	})
+	require.NoError(t, err)
+	srv := &server{m: m, srv: httptest.NewServer(m.Middleware(http.HandlerFunc(counterHandler)))}
+	t.Cleanup(srv.srv.Close)
+	c := newClient(t)
+	for i := 1; i <= 20; i++ {
+		require.Equal(t, fmt.Sprint(i), c.ok(srv, "POST", "/"))
+	}
+	require.Positive(t, m.Store().Stats().AsyncQueued)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	require.NoError(t, m.Shutdown(ctx))
+	require.Zero(t, m.Store().Stats().AsyncPending)
+
+	other := newStore(t, mc.Spec(), lock.Config{})
+	s, err := other.Load(ctx, c.sessionID(srv))
+	require.NoError(t, err)
+	n, _, err := store.Get[int](s, "n")
+	require.NoError(t, err)
+	require.Equal(t, 20, n)
+}

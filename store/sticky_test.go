@@ -355,3 +355,29 @@ func TestStickyTrustAsyncFailback(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 5, counter(t, got), "B's version won; A's stale increment is lost")
 }
+
+// TestStickyRenewID renews the id of a sticky session, with synchronous
+// and asynchronous writes: the old id is gone everywhere, the new id
+// holds the data in memcached, and the lock moved with it.
+func TestStickyRenewID(t *testing.T) {
+	for _, async := range []bool{false, true} {
+		c := mcproc.NewCluster(t, 2)
+		st := stickyStore(t, c, func(cfg *store.Config) { cfg.AsyncWrites = async })
+		ctx := context.Background()
+		oldID := saved(t, st, map[string]any{"n": 4}).ID()
+		flush(t, st)
+		s, err := st.LoadLocked(ctx, oldID)
+		require.NoError(t, err)
+		require.NoError(t, st.RenewID(ctx, s))
+		newID := s.ID()
+		require.NotEqual(t, oldID, newID)
+		require.True(t, s.Locked())
+		require.NoError(t, st.Release(ctx, s))
+		_, err = st.Load(ctx, oldID)
+		require.ErrorIs(t, err, store.ErrNotFound, "async=%v", async)
+		got, err := stickyStore(t, c, nil).Load(ctx, newID) // memcached, not this cache
+		require.NoError(t, err, "async=%v", async)
+		require.Equal(t, 4, counter(t, got))
+		require.NoError(t, increment(ctx, st, newID))
+	}
+}
