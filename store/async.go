@@ -185,11 +185,17 @@ func (w *asyncWriter) flush(ctx context.Context) error {
 }
 
 // counts returns how many sessions have a write queued or running, and
-// how many of those writes are running.
+// how many writes are running.
 func (w *asyncWriter) counts() (pending, running int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.pending) + len(w.inflight), len(w.inflight)
+	pending = len(w.pending)
+	for id := range w.inflight {
+		if _, queued := w.pending[id]; !queued {
+			pending++
+		}
+	}
+	return pending, len(w.inflight)
 }
 
 // close stops queueing (later saves write synchronously), runs what is

@@ -63,8 +63,8 @@
 // full is written synchronously, never dropped. A queued write that fails
 // is logged and counted (Stats.AsyncFailed), and the session's next save
 // writes its whole copy again. Shutdown writes what is queued; a process
-// that dies abruptly loses the queued writes (Stats.AsyncPending tells how
-// many there are).
+// that dies abruptly loses, for every session with a write queued or
+// running (Stats.AsyncPending), the changes since its last completed write.
 //
 // # Errors
 //
@@ -162,7 +162,8 @@ type Config struct {
 	// checking (one small round trip, "mg <key> c f") that memcached holds
 	// no newer version: msm's behaviour. It saves that round trip, but a
 	// user whom the balancer moved to another app server and back is
-	// served the stale copy this server kept, and its next save fails
+	// served the stale copy this server kept (even of a session logged out
+	// on another server meanwhile), and its next save fails
 	// with ErrConflict instead of overwriting the newer version (with
 	// AsyncWrites the save was acknowledged already: its queued write is
 	// refused, counted in Stats.AsyncFailed and logged, and that change is
@@ -256,8 +257,9 @@ type Stats struct {
 	// queue was full.
 	AsyncQueued, AsyncCoalesced, AsyncWritten, AsyncFailed, AsyncFull uint64
 	// AsyncPending is the number of sessions with a queued or running
-	// write now: what an abrupt end of the process would lose;
-	// AsyncRunning how many of those writes are running.
+	// write now: an abrupt end of the process loses, for each of them,
+	// the changes since its last completed write (several saves coalesce
+	// into one queued write). AsyncRunning is how many writes are running.
 	AsyncPending, AsyncRunning int
 }
 
