@@ -226,7 +226,7 @@ func TestStickyAsyncGracefulStopLosesNothing(t *testing.T) {
 // the session may lose every change since its last write that left the
 // process: the saves made while a write runs are coalesced into one queued
 // write, so the count B serves can be far below N - AsyncPending (seen
-// here: AsyncPending 2, count 1 of 10, when the session's first write, a
+// here: one pending session, count 1 of 10, when the session's first write, a
 // new connection under -race, was slow). The paused-nodes test below pins
 // that case.
 func TestStickyAsyncCrashLosesOnlyPendingWrites(t *testing.T) {
@@ -268,11 +268,11 @@ func TestStickyAsyncCrashLosesOnlyPendingWrites(t *testing.T) {
 //     It writes the session's latest state when it starts (count k+1, or
 //     a little more when the worker starts late).
 //   - The changes saved after it are lost: one queued write, into which
-//     the later saves of the session were coalesced. /api/stats counted
-//     that session twice (AsyncPending 2: the running write and the
-//     queued one).
-//   - So the loss is bounded by the pending writes, not by the pending
-//     changes: the count B serves is below N - AsyncPending when more
+//     the later saves of the session were coalesced. /api/stats counts
+//     the session once (AsyncPending 1), with a write running.
+//   - So the loss is bounded by the sessions with pending writes (all
+//     their changes since their last completed write), not by a number
+//     of changes: the count B serves is below N - AsyncPending when more
 //     changes than that were coalesced.
 func TestStickyAsyncCrashWithPausedNodesLosesThePendingWrites(t *testing.T) {
 	bin := buildApp(t)
@@ -311,7 +311,7 @@ func TestStickyAsyncCrashWithPausedNodesLosesThePendingWrites(t *testing.T) {
 	t.Logf("A right before SIGKILL: AsyncPending %d, AsyncRunning %d, queued %d, coalesced %d, written %d, failed %d",
 		st.Store.AsyncPending, st.Store.AsyncRunning, st.Store.AsyncQueued, st.Store.AsyncCoalesced, st.Store.AsyncWritten, st.Store.AsyncFailed)
 	require.GreaterOrEqual(t, st.Store.AsyncPending, 1, "writes are certainly pending")
-	require.Equal(t, 2, st.Store.AsyncPending, "one session, counted twice: its running write and its queued one")
+	require.Equal(t, 1, st.Store.AsyncPending, "one session, with a write running and one queued")
 	require.Equal(t, 1, st.Store.AsyncRunning)
 	require.Equal(t, before.Store.AsyncQueued+2, st.Store.AsyncQueued, "the running write and the queued one")
 	require.Equal(t, before.Store.AsyncCoalesced+later-1, st.Store.AsyncCoalesced, "the later saves share one queued write")
@@ -377,7 +377,7 @@ func TestStickyAsyncGracefulStopWithQueuedWrites(t *testing.T) {
 	defer resume()
 	require.Equal(t, k+2, c.ok(a, "POST", "/api/counter").Count)
 	st := appStats(t, a)
-	require.Equal(t, 2, st.Store.AsyncPending, "a running write and a queued one, of one session")
+	require.Equal(t, 1, st.Store.AsyncPending, "one session, with a write running and one queued")
 	require.Equal(t, 1, st.Store.AsyncRunning)
 
 	require.NoError(t, a.Stop())
