@@ -200,7 +200,7 @@ func (st *Store) save(ctx context.Context, s *Session) error {
 		// another node): write one now that the primary write succeeded,
 		// then make sure the primary was not deleted meanwhile (logout), or
 		// the new backup copy would bring the session back.
-		if bErr = st.writeBackupIfNewer(ctx, backup, &w.breq, version); bErr == nil {
+		if _, bErr = st.writeBackupIfNewer(ctx, backup, &w.breq, version, false); bErr == nil {
 			if err := st.confirmPrimary(ctx, node, key, exp, backup, bkey); err != nil {
 				st.stats.conflicts.Add(1)
 				return fmt.Errorf("%w: %s", ErrConflict, err)
@@ -353,9 +353,11 @@ func (st *Store) replicateAsync(ctx context.Context, w *write, id string, versio
 // copy was deleted meanwhile.
 func (st *Store) backupWrite(primary, key, backup string, breq meta.Request, version uint64, exp int32) func(context.Context) error {
 	return func(ctx context.Context) error {
-		err := st.writeBackupIfNewer(ctx, backup, &breq, version)
+		added, err := st.writeBackupIfNewer(ctx, backup, &breq, version, true)
 		if err == nil {
-			_ = st.confirmPrimary(ctx, primary, key, exp, backup, breq.Key)
+			if added {
+				_ = st.confirmPrimary(ctx, primary, key, exp, backup, breq.Key)
+			}
 			return nil
 		}
 		if !nodeFault(err) {
@@ -398,7 +400,7 @@ func (st *Store) backupElsewhere(ctx context.Context, primary, key string, exp i
 			return "", nil
 		}
 		tried = append(tried, alt)
-		err := st.writeBackupIfNewer(ctx, alt, breq, version)
+		_, err := st.writeBackupIfNewer(ctx, alt, breq, version, false)
 		if err == nil {
 			if cerr := st.confirmPrimary(ctx, primary, key, exp, alt, breq.Key); cerr != nil {
 				return alt, errConflict
@@ -421,36 +423,45 @@ func nodeFault(err error) bool {
 }
 
 // writeBackupIfNewer writes the backup copy req (of version) on a node
-// where there was none, or where the copy there is older: add, and when a
-// copy is there, a compare-and-set over it only while its version (in the
-// client flags) is lower. A copy as new or newer (a concurrent save got
-// there first) is left alone and counts as written.
-func (st *Store) writeBackupIfNewer(ctx context.Context, node string, req *meta.Request, version uint64) error {
+// where there is none (add), or over a copy there that is older: a
+// compare-and-set only while its version (in the client flags, read
+// without the body) is lower. A copy as new or newer (a concurrent save
+// got there first) is left alone and counts as written. likelyThere says
+// which to try first (a copy is usually there for a queued backup write,
+// not for a missing one); added reports that the copy was created (the
+// caller then confirms that the primary still exists: a created backup
+// must not bring back a destroyed session).
+func (st *Store) writeBackupIfNewer(ctx context.Context, node string, req *meta.Request, version uint64, likelyThere bool) (added bool, err error) {
 	add := *req
 	add.Mode, add.CAS = meta.ModeAdd, 0
+	tryAdd := !likelyThere
 	for attempt := 0; attempt < 3; attempt++ {
-		err := ops.Write(ctx, st.view, node, add)
-		if !errors.Is(err, ops.ErrNotStored) {
-			return err
+		if tryAdd {
+			err := ops.Write(ctx, st.view, node, add)
+			if !errors.Is(err, ops.ErrNotStored) {
+				return err == nil, err
+			}
 		}
-		it, err := ops.Get(ctx, st.view, node, add.Key)
+		resp, err := ops.Do(ctx, st.view, node, meta.Request{Command: meta.Get, Key: add.Key, ReturnCAS: true, ReturnFlags: true})
 		if errors.Is(err, ops.ErrMiss) {
-			continue // gone meanwhile: add again
+			tryAdd = true // none there (any more): add
+			continue
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
-		if it.Flags >= flagsOf(version) {
-			return nil
+		if resp.Flags >= flagsOf(version) {
+			return false, nil
 		}
 		set := add
-		set.Mode, set.CAS = meta.ModeSet, it.CAS
+		set.Mode, set.CAS = meta.ModeSet, resp.CAS
 		err = ops.Write(ctx, st.view, node, set)
 		if err == nil || !errors.Is(err, ops.ErrCASConflict) && !errors.Is(err, ops.ErrMiss) {
-			return err
+			return false, err
 		}
+		tryAdd = errors.Is(err, ops.ErrMiss)
 	}
-	return fmt.Errorf("%w: backup copy %s kept changing", ErrConflict, add.Key)
+	return false, fmt.Errorf("%w: backup copy %s kept changing", ErrConflict, add.Key)
 }
 
 // confirmPrimary checks that the primary copy still exists after a backup
