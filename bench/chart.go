@@ -192,7 +192,8 @@ func latencyPanel(title string, rows []*result) (*plot.Plot, error) {
 	for i, r := range rows {
 		p50[i], p99[i] = r.P50us, r.P99us
 	}
-	w := vg.Points(22)
+	// Two bars per implementation, narrower when there are many.
+	w := vg.Points(min(22, 170/float64(len(rows))))
 	b50, err := bars(p50, colP50, w, -w/2)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -31,6 +32,15 @@ type impl struct {
 	desc    string
 	handler http.Handler
 	close   func()
+	// scenarios lists the scenarios the implementation runs in; nil means
+	// all of them.
+	scenarios []string
+	// settle, when set, waits for the background work of the requests
+	// served so far (idle-timeout refreshes, queued asynchronous writes).
+	// It runs after the set-up, the warm-up and every measured window, so
+	// that one implementation's leftovers never run during another's
+	// window.
+	settle func(context.Context)
 
 	srv  *http.Server
 	base string
@@ -46,6 +56,22 @@ func (im *impl) serve() error {
 	im.base = "http://" + ln.Addr().String()
 	go func() { _ = im.srv.Serve(ln) }()
 	return nil
+}
+
+// runs reports whether the implementation runs in scenario sc.
+func (im *impl) runs(sc string) bool {
+	return im.scenarios == nil || slices.Contains(im.scenarios, sc)
+}
+
+// settleBackground runs the implementation's settle, bounded by a few
+// seconds.
+func (im *impl) settleBackground(ctx context.Context) {
+	if im.settle == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	im.settle(ctx)
 }
 
 func (im *impl) shutdown() {

@@ -1,20 +1,67 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/mcsession/mcsession/httpsession"
 	"github.com/mcsession/mcsession/replica"
 	"github.com/mcsession/mcsession/store"
 )
 
+// mcVariant is one configuration of mcsession under test.
+type mcVariant struct {
+	locking httpsession.LockMode
+	sticky  bool // store.Config.Sticky: local cache, in-process lock
+	trust   bool // store.Config.TrustSticky: no version probe
+	async   bool // store.Config.AsyncWrites
+	// scenarios the variant runs in; nil: all of them.
+	scenarios []string
+}
+
+// mcVariants are the mcsession implementations, by name. Every one is
+// served by one net/http server in this process, i.e. one app server:
+// for the sticky variants that is what a sticky load balancer gives,
+// every request of a session reaching the same app server.
+var mcVariants = map[string]mcVariant{
+	"mcsession-none": {locking: httpsession.LockNone},
+	"mcsession-all":  {locking: httpsession.LockAll},
+	"mcsession-auto": {locking: httpsession.LockAuto},
+	"mcsession-none-async": {locking: httpsession.LockNone, async: true,
+		scenarios: []string{"write", "new"}},
+	"mcsession-sticky": {locking: httpsession.LockAll, sticky: true,
+		scenarios: []string{"read", "write", "shared-counter", "throughput"}},
+	"mcsession-sticky-trust": {locking: httpsession.LockAll, sticky: true, trust: true,
+		scenarios: []string{"read", "write", "shared-counter", "throughput"}},
+}
+
+func (v mcVariant) desc() string {
+	s := fmt.Sprintf("mcsession httpsession, Locking=%s", v.locking)
+	switch {
+	case v.sticky && v.trust:
+		s += ", sticky mode with TrustSticky (sessions served from this app server's cache without asking memcached; in-process lock)"
+	case v.sticky:
+		s += ", sticky mode (sessions served from this app server's cache after a version probe, `mg <key> c f`, no body; in-process lock)"
+	}
+	if v.async {
+		if v.sticky {
+			s += ", AsyncWrites (the whole write queued)"
+		} else {
+			s += ", AsyncWrites (primary written before the response, backup copy queued)"
+		}
+	}
+	return s + ", 3 nodes with primary+backup writes"
+}
+
 // newMcsession builds an mcsession implementation: its own replica.Cluster
 // over all 3 nodes (primary + backup on every save), a store.Store with
-// defaults (CBOR codec, 30 min idle timeout, 24 h lifetime) and the
-// httpsession middleware in the given locking mode.
-func newMcsession(name string, mode httpsession.LockMode, spec string, maxIdle int) (*impl, error) {
+// defaults (CBOR codec, 30 min idle timeout, 24 h lifetime) plus the
+// variant's sticky and asynchronous-write settings, and the httpsession
+// middleware in the variant's locking mode.
+func newMcsession(name string, v mcVariant, spec string, maxIdle int) (*impl, error) {
 	nodes, err := replica.ParseNodes(spec)
 	if err != nil {
 		return nil, err
@@ -23,13 +70,15 @@ func newMcsession(name string, mode httpsession.LockMode, spec string, maxIdle i
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.New(store.Config{Cluster: cl})
+	st, err := store.New(store.Config{Cluster: cl, Sticky: v.sticky, TrustSticky: v.trust, AsyncWrites: v.async})
 	if err != nil {
+		_ = cl.Close()
 		return nil, err
 	}
 	discard := slog.New(slog.DiscardHandler)
-	m, err := httpsession.New(st, httpsession.Options{Locking: mode, Logger: discard})
+	m, err := httpsession.New(st, httpsession.Options{Locking: v.locking, Logger: discard})
 	if err != nil {
+		_ = cl.Close()
 		return nil, err
 	}
 	// existing returns the request's session when it has one; otherwise it
@@ -124,11 +173,22 @@ func newMcsession(name string, mode httpsession.LockMode, spec string, maxIdle i
 		writeInt(w, n)
 	})
 	return &impl{
-		name:    name,
-		desc:    fmt.Sprintf("mcsession httpsession, Locking=%s, 3 nodes with primary+backup writes", mode),
-		handler: m.Middleware(mux),
+		name:      name,
+		desc:      v.desc(),
+		handler:   m.Middleware(mux),
+		scenarios: v.scenarios,
+		settle: func(ctx context.Context) {
+			m.Wait()          // background touches
+			_ = st.Flush(ctx) // queued writes (AsyncWrites)
+		},
 		close: func() {
-			m.Wait() // background touches
+			// After the HTTP server stopped: the background touches and
+			// the queued writes, then the connections (a Manager made by
+			// New leaves the store and the cluster to their owner).
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = m.Shutdown(ctx)
+			_ = st.Shutdown(ctx)
 			_ = cl.Close()
 		},
 	}, nil

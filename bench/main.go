@@ -27,7 +27,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mcsession/mcsession/httpsession"
 	"github.com/mcsession/mcsession/integration/mcproc"
 )
 
@@ -37,7 +36,8 @@ var quietLog = log.New(io.Discard, "", 0)
 
 var (
 	allScenarios = []string{"read", "write", "new", "shared-counter", "throughput"}
-	allImpls     = []string{"floor", "floor-locked", "floor-meta", "mcsession-none", "mcsession-all", "mcsession-auto", "scs", "gorilla"}
+	allImpls     = []string{"floor", "floor-locked", "floor-meta", "mcsession-none", "mcsession-all", "mcsession-auto",
+		"mcsession-none-async", "mcsession-sticky", "mcsession-sticky-trust", "scs", "gorilla"}
 	// extraImpls run only when named in -impls.
 	extraImpls = []string{"scs-idle"}
 )
@@ -174,10 +174,17 @@ func run(ctx context.Context, cfg config) (err error) {
 		return sum
 	}
 	cpu0 := sampleCPU(nodesCPU)
-	total := len(cfg.scenarios) * len(impls)
+	total := 0
+	for _, sc := range cfg.scenarios {
+		for _, im := range impls {
+			if im.runs(sc) {
+				total++
+			}
+		}
+	}
 	fmt.Printf("mcsession bench: memcached %s, nodes %s\n", mach.Memcached, spec)
-	fmt.Printf("%d scenarios x %d implementations, %v measured each (%d interleaved rounds) after %v warm-up; concurrency %d, shared-counter %d, throughput %d\n",
-		len(cfg.scenarios), len(impls), cfg.duration, cfg.rounds, cfg.warmup, cfg.concurrency, cfg.sharedN, cfg.throughputN)
+	fmt.Printf("%d scenarios x %d implementations (%d rows: some implementations run in some scenarios only), %v measured each (%d interleaved rounds) after %v warm-up; concurrency %d, shared-counter %d, throughput %d\n",
+		len(cfg.scenarios), len(impls), total, cfg.duration, cfg.rounds, cfg.warmup, cfg.concurrency, cfg.sharedN, cfg.throughputN)
 
 	if cfg.cpuprofile != "" {
 		f, err := os.Create(cfg.cpuprofile)
@@ -261,6 +268,9 @@ func cmdCounter(c *mcproc.Cluster) func(context.Context) uint64 {
 }
 
 func buildImpl(name, n1, spec string, maxIdle int) (*impl, error) {
+	if v, ok := mcVariants[name]; ok {
+		return newMcsession(name, v, spec, maxIdle)
+	}
 	switch name {
 	case "floor":
 		return newFloor(n1, maxIdle, false), nil
@@ -268,12 +278,6 @@ func buildImpl(name, n1, spec string, maxIdle int) (*impl, error) {
 		return newFloor(n1, maxIdle, true), nil
 	case "floor-meta":
 		return newFloorMeta(n1, maxIdle), nil
-	case "mcsession-none":
-		return newMcsession(name, httpsession.LockNone, spec, maxIdle)
-	case "mcsession-all":
-		return newMcsession(name, httpsession.LockAll, spec, maxIdle)
-	case "mcsession-auto":
-		return newMcsession(name, httpsession.LockAuto, spec, maxIdle)
 	case "scs":
 		return newSCS(n1, maxIdle, false), nil
 	case "scs-idle":
