@@ -91,22 +91,7 @@ func BenchmarkFloorGetSet(b *testing.B) {
 
 func BenchmarkLoadModifySave(b *testing.B) {
 	st, id, _, _ := benchSetup(b)
-	ctx := context.Background()
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		s, err := st.Load(ctx, id)
-		if err != nil {
-			b.Fatal(err)
-		}
-		i++
-		if err := s.Set("count", i); err != nil {
-			b.Fatal(err)
-		}
-		if err := st.Save(ctx, s); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchModifySave(b, st, id)
 }
 
 // BenchmarkFloorLocked is the raw floor under BenchmarkLockedCycle:
