@@ -67,6 +67,21 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 	return err
 }
 
+// saveNow is Save that writes to memcached before it returns, also with
+// AsyncWrites (the sticky cache is updated as a synchronous Save does).
+func (st *Store) saveNow(ctx context.Context, s *Session) error {
+	if st.cache == nil || st.async == nil {
+		return st.Save(ctx, s)
+	}
+	id := s.ID()
+	err := st.save(ctx, s)
+	st.cache.remove(id)
+	if err == nil {
+		st.cache.put(s, s.cas(), time.Now())
+	}
+	return err
+}
+
 // prepared is a session encoded for a save.
 type prepared struct {
 	skip    bool // unchanged: nothing to write
@@ -700,15 +715,11 @@ func (st *Store) RenewID(ctx context.Context, s *Session) error {
 	s.isNew, s.casID = true, 0 // written with add under the new id
 	s.changes++
 	s.mu.Unlock()
-	if err := st.Save(ctx, s); err != nil {
+	// The new id is written before Save returns even with AsyncWrites:
+	// the old id is deleted next, and a crash with the new id's write only
+	// queued (or failed) would lose the whole session.
+	if err := st.saveNow(ctx, s); err != nil {
 		return fmt.Errorf("store: renew %s: %w", oldID, err)
-	}
-	if st.async != nil && st.cache != nil {
-		// The new id's write is queued: let it land before the old id is
-		// deleted, or a crash in between would lose the whole session.
-		if err := st.async.waitFor(ctx, s.ID()); err != nil {
-			return fmt.Errorf("store: renew %s: %w", oldID, err)
-		}
 	}
 	if err := st.DestroyID(ctx, oldID); err != nil {
 		st.log.Warn("renew id: old session not fully deleted", "id", oldID, "err", err)

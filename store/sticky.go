@@ -99,8 +99,8 @@ func (c *cache) put(s *Session, cas uint64, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e := c.entries[s.id]
-	if e != nil && e.pending {
-		return false // an asynchronous write owns the entry; it has the newer state
+	if e != nil && (e.pending || e.failed) {
+		return false // the entry holds a newer state than memcached's
 	}
 	snap := s.clone()
 	return c.setLocked(snap.id, snap, snap.cost(), now, func(e *entry) {
@@ -423,8 +423,8 @@ func (st *Store) stickyWrite(id string) func(context.Context) error {
 		if !ok {
 			return nil // destroyed meanwhile
 		}
-		if unsure != 0 && written {
-			cas = st.reconcileCAS(ctx, id, cas, unsure)
+		if unsure != 0 {
+			cas, written = st.reconcileCAS(ctx, id, cas, written, unsure)
 		}
 		version := s.version
 		s.version--   // Save writes version+1
@@ -447,19 +447,21 @@ func (st *Store) stickyWrite(id string) func(context.Context) error {
 	}
 }
 
-// reconcileCAS returns the CAS id to write session id against after a
-// write of version unsure failed, maybe after the primary took it: the
-// primary's CAS when it holds that version (client flags), else cas, the
-// CAS before that write (a wrong guess ends in ErrConflict, never in an
-// overwrite).
-func (st *Store) reconcileCAS(ctx context.Context, id string, cas, unsure uint64) uint64 {
+// reconcileCAS returns the CAS id to write session id against, and
+// whether memcached has a copy, after a write of version unsure failed,
+// maybe after the primary took it (a new session's add included): the
+// primary's CAS when it holds that version (client flags), else cas and
+// written as before that write. A wrong guess ends in ErrConflict.
+// (Another server's save of the same version number in between would be
+// taken for ours: the flags hold only the version.)
+func (st *Store) reconcileCAS(ctx context.Context, id string, cas uint64, written bool, unsure uint64) (uint64, bool) {
 	_, node, ok := splitID(id)
 	if !ok {
-		return cas
+		return cas, written
 	}
 	resp, err := ops.Do(ctx, st.view, node, meta.Request{Command: meta.Get, Key: st.key(id), ReturnCAS: true, ReturnFlags: true})
 	if err == nil && resp.Status == meta.StatusOK && resp.CAS != cas && resp.Flags == flagsOf(unsure) {
-		return resp.CAS
+		return resp.CAS, true
 	}
-	return cas
+	return cas, written
 }

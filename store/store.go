@@ -62,7 +62,11 @@
 // writes of one session never run at once. A save that finds the queue
 // full is written synchronously, never dropped. A queued write that fails
 // is logged and counted (Stats.AsyncFailed), and the session's next save
-// writes its whole copy again. Shutdown writes what is queued; a process
+// writes its whole copy again. (In sticky mode, a session whose primary
+// node fails while its write is queued is relocated by that write; changes
+// saved meanwhile through its old id may then fail to reach memcached,
+// counted in Stats.AsyncFailed, until the session is reloaded.) Shutdown
+// writes what is queued; a process
 // that dies abruptly loses, for every session with a write queued or
 // running (Stats.AsyncPending), the changes since its last completed write.
 //
