@@ -611,6 +611,12 @@ func (st *Store) DestroyID(ctx context.Context, id string) error {
 	}
 	st.refreshed.forget(id)
 	if st.cache != nil {
+		if to := st.cache.resolve(id); to != id {
+			// A queued write relocated it: that copy goes too.
+			if err := st.DestroyID(ctx, to); err != nil {
+				return err
+			}
+		}
 		st.cache.remove(id) // a queued write of id finds nothing to write
 	}
 	if st.async != nil {

@@ -33,6 +33,11 @@ type cache struct {
 	entries map[string]*entry
 	lru     list.List // of *entry, most recently used first
 	bytes   int64
+	// moves maps the id of a session an asynchronous write relocated to
+	// its new id, while the entry lives: requests that still carry the old
+	// id reach the entry (and learn the new id) instead of starting a
+	// second one under the old id.
+	moves map[string]string
 
 	hits, misses, probes, stale, evictions uint64
 }
@@ -48,14 +53,15 @@ type entry struct {
 	// unsure is the version of a write that failed after it may have
 	// reached the primary (0: none): the next write first checks whether
 	// memcached holds it, to know the CAS to write against.
-	unsure  uint64
-	size    int64     // counted against cache.max
-	expires time.Time // idle timeout after the last use
-	elem    *list.Element
+	unsure    uint64
+	size      int64     // counted against cache.max
+	expires   time.Time // idle timeout after the last use
+	elem      *list.Element
+	movedFrom []string // ids in cache.moves that lead here
 }
 
 func newCache(max int64) *cache {
-	return &cache{max: max, entries: make(map[string]*entry)}
+	return &cache{max: max, entries: make(map[string]*entry), moves: make(map[string]string)}
 }
 
 // cost is what s costs in the cache: about its encoded size (its
@@ -76,7 +82,7 @@ func (s *Session) cost() int64 {
 func (c *cache) get(id string, now time.Time) (s *Session, cas uint64, ahead, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e := c.entries[id]
+	e := c.entries[c.resolveLocked(id)]
 	if e == nil {
 		c.misses++
 		return nil, 0, false, false
@@ -184,6 +190,25 @@ func (c *cache) removeLocked(e *entry) {
 	c.lru.Remove(e.elem)
 	delete(c.entries, e.id)
 	c.bytes -= e.size
+	for _, from := range e.movedFrom {
+		delete(c.moves, from)
+	}
+}
+
+// resolveLocked returns the id the session id lives under now (id unless
+// an asynchronous write relocated it). Callers hold c.mu.
+func (c *cache) resolveLocked(id string) string {
+	if to, ok := c.moves[id]; ok {
+		return to
+	}
+	return id
+}
+
+// resolve is resolveLocked for callers without the lock.
+func (c *cache) resolve(id string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.resolveLocked(id)
 }
 
 // remove drops id (destroyed, renewed, relocated or stale).
@@ -252,6 +277,8 @@ func (c *cache) moved(id, newID string, version, cas uint64) (pending bool) {
 	e.id = newID
 	e.snap.setID(newID, false)
 	c.entries[newID] = e
+	c.moves[id] = newID
+	e.movedFrom = append(e.movedFrom, id)
 	e.cas, e.written, e.failed, e.unsure = cas, true, false, 0
 	e.pending = e.snap.version > version
 	return e.pending
@@ -321,7 +348,9 @@ func (st *Store) loadSticky(ctx context.Context, id string) (*Session, error) {
 			st.stats.loads.Add(1)
 			return s, nil
 		}
-		resp, err := ops.Do(ctx, st.view, node, meta.Request{Command: meta.Get, Key: st.key(id), ReturnCAS: true, ReturnFlags: true})
+		at := s.ID() // id, or where a queued write relocated it
+		_, atNode, _ := splitID(at)
+		resp, err := ops.Do(ctx, st.view, atNode, meta.Request{Command: meta.Get, Key: st.key(at), ReturnCAS: true, ReturnFlags: true})
 		st.cache.mu.Lock()
 		st.cache.probes++
 		if err == nil && resp.Status == meta.StatusOK && resp.CAS == cas {
@@ -373,6 +402,9 @@ func (st *Store) lockSticky(ctx context.Context, id string) (*lock.LocalLock, er
 // changes are what Save encoded. When the cache or the queue has no room,
 // the write runs now, still after the session's earlier queued write.
 func (st *Store) saveStickyAsync(ctx context.Context, s *Session, version, changes uint64) error {
+	if to := st.cache.resolve(s.ID()); to != s.ID() {
+		s.setID(to, true) // relocated by a queued write: the client gets the new id
+	}
 	s.mu.Lock()
 	id, loadedCAS, isNew := s.id, s.casID, s.isNew
 	s.mu.Unlock()

@@ -381,3 +381,39 @@ func TestStickyRenewID(t *testing.T) {
 		require.NoError(t, increment(ctx, st, newID))
 	}
 }
+
+// TestStickyAsyncRelocationKeepsLaterSaves kills a session's primary node
+// while its queued write waits for it: the write relocates the session,
+// and a request that loaded it under the old id before that saves after
+// it: its change follows the session to its new id (it used to start a
+// second cache entry under the old id whose writes failed).
+func TestStickyAsyncRelocationKeepsLaterSaves(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := asyncStore(t, c, 2*time.Second, func(cfg *store.Config) { cfg.Sticky, cfg.TrustSticky, cfg.AsyncWorkers = true, true, 1 })
+	ctx := context.Background()
+	s := newOn(t, st, "n1")
+	require.NoError(t, s.Set("n", 1))
+	require.NoError(t, st.Save(ctx, s))
+	flush(t, st)
+	oldID := s.ID()
+
+	require.NoError(t, c.Node("n1").Pause())
+	require.NoError(t, increment(ctx, st, oldID)) // n=2, its write waits for n1
+	require.Eventually(t, func() bool { return st.Stats().AsyncRunning == 1 }, 10*time.Second, time.Millisecond)
+	r2, err := st.LoadLocked(ctx, oldID) // served from the cache (write pending)
+	require.NoError(t, err)
+	require.Equal(t, 2, counter(t, r2))
+	require.NoError(t, c.Node("n1").Kill()) // the write fails over: relocation
+	flush(t, st)
+	require.NoError(t, r2.Set("n", 3))
+	require.NoError(t, st.SaveAndRelease(ctx, r2))
+	require.NotEqual(t, oldID, r2.ID(), "the request learned the new id")
+	flush(t, st)
+	require.Zero(t, st.Stats().AsyncFailed)
+
+	other := stickyStore(t, c, nil)
+	got, err := other.Load(ctx, oldID) // the old cookie, on another server
+	require.NoError(t, err)
+	require.Equal(t, 3, counter(t, got))
+	require.Equal(t, r2.ID(), got.ID())
+}
