@@ -63,10 +63,10 @@
 // full is written synchronously, never dropped. A queued write that fails
 // is logged and counted (Stats.AsyncFailed), and the session's next save
 // writes its whole copy again. (In sticky mode, a session whose primary
-// node fails while its write is queued is relocated by that write; changes
-// saved meanwhile through its old id may then fail to reach memcached,
-// counted in Stats.AsyncFailed, until the session is reloaded.) Shutdown
-// writes what is queued; a process
+// node fails while its write is queued is relocated by that write; its old
+// id leads to it from then on, and a request that still holds the old id
+// saves to it and learns the new one.) Shutdown writes what is queued; a
+// process
 // that dies abruptly loses, for every session with a write queued or
 // running (Stats.AsyncPending), the changes since its last completed write.
 //
