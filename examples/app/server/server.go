@@ -242,6 +242,7 @@ func New(cfg Config) (*Server, error) {
 			regexp.MustCompile(`^/healthz$`),
 			regexp.MustCompile(`^/api/nodes$`),
 			regexp.MustCompile(`^/api/stats$`),
+			regexp.MustCompile(`^/readyz$`),
 		},
 		Logger: cfg.Logger,
 		Store: store.Config{
@@ -270,6 +271,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("POST /api/logout", s.withSession(s.logout))
 	mux.HandleFunc("GET /api/nodes", s.nodes)
 	mux.HandleFunc("GET /api/stats", s.stats)
+	mux.Handle("GET /readyz", m.ReadinessHandler())
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(InstanceHeader, s.name)

@@ -142,5 +142,13 @@ func TestServerInProcess(t *testing.T) {
 	code, _, body = call("GET", "/healthz")
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, "ok\n", body)
-	require.Equal(t, uint64(4), app.Manager().Stats().Ignored, "nodes, two static files, healthz")
+
+	code, h, body = call("GET", "/readyz")
+	require.Equal(t, http.StatusOK, code)
+	require.Empty(t, h.Values("Set-Cookie"))
+	var rd httpsession.Readiness
+	require.NoError(t, json.Unmarshal([]byte(body), &rd))
+	require.True(t, rd.Ready)
+	require.Len(t, rd.Nodes, 3)
+	require.Equal(t, uint64(5), app.Manager().Stats().Ignored, "nodes, two static files, healthz, readyz")
 }
