@@ -1,5 +1,6 @@
-// Package httpsession is net/http middleware for non-sticky sessions kept
-// in memcached by package store.
+// Package httpsession is net/http middleware for sessions kept in
+// memcached by package store: non-sticky by default, sticky with
+// store.Config.Sticky (Options.Store with Open).
 //
 // Open builds everything from the list of memcached nodes; Close shuts it
 // down after http.Server.Shutdown:
