@@ -102,15 +102,16 @@ func (c *cache) get(id string, now time.Time) (s *Session, cas uint64, ahead, ok
 // reports whether it fits; a session that does not fit is not cached (and
 // a cached older state of it is dropped).
 func (c *cache) put(s *Session, cas uint64, now time.Time) bool {
+	snap := s.clone()
+	size := snap.cost()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e := c.entries[s.id]
+	e := c.entries[snap.id]
 	if e != nil && (e.pending || e.failed) {
 		return false // the entry holds a newer state than memcached's
 	}
-	snap := s.clone()
-	return c.setLocked(snap.id, snap, snap.cost(), now, func(e *entry) {
-		e.cas, e.written, e.failed = cas, true, false
+	return c.setLocked(snap.id, snap, size, now, func(e *entry) {
+		e.cas, e.written, e.failed, e.unsure = cas, true, false, 0
 	})
 }
 
