@@ -20,6 +20,7 @@ import (
 
 	"github.com/mcsession/mcsession/internal/meta"
 	"github.com/mcsession/mcsession/internal/ops"
+	"github.com/mcsession/mcsession/latency"
 	"github.com/mcsession/mcsession/replica"
 )
 
@@ -85,6 +86,7 @@ type pendingToken struct {
 
 type metrics struct {
 	acquired, waited, waitNanos, timeouts, renewals, lost, released atomic.Uint64
+	acquire                                                         latency.Histogram
 }
 
 // Stats is a snapshot of a Locker's counts since it was created.
@@ -103,6 +105,9 @@ type Stats struct {
 	Lost uint64
 	// Released counts locks released by their owner.
 	Released uint64
+	// AcquireLatency is the time Acquire and AcquireAndGet took, waits for
+	// held locks and failures included.
+	AcquireLatency latency.Snapshot
 }
 
 // New returns a Locker on cluster with cfg's defaults filled in.
@@ -146,6 +151,7 @@ func (l *Locker) Stats() Stats {
 		Acquired: l.m.acquired.Load(), Waited: l.m.waited.Load(),
 		WaitTime: time.Duration(l.m.waitNanos.Load()), Timeouts: l.m.timeouts.Load(),
 		Renewals: l.m.renewals.Load(), Lost: l.m.lost.Load(), Released: l.m.released.Load(),
+		AcquireLatency: l.m.acquire.Snapshot(),
 	}
 }
 
@@ -230,6 +236,7 @@ func (l *Locker) Acquire(ctx context.Context, node, key string) (*Lock, error) {
 // an add that a hung node applies later than that is not recognised, and
 // the lock then blocks the session until it expires).
 func (l *Locker) AcquireAndGet(ctx context.Context, node, key string, extra ...string) (*Lock, []Item, error) {
+	defer l.m.acquire.Since(time.Now())
 	// Every add carries a fresh token. orphans are the tokens of adds of
 	// this Locker whose outcome is unknown (earlier calls', and this
 	// call's): a lock item holding one of them is ours to take over.

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mcsession/mcsession/integration/mcproc"
+	"github.com/mcsession/mcsession/latency"
 	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
 )
@@ -357,9 +358,11 @@ func TestLockStats(t *testing.T) {
 		t.Run(st.name, func(t *testing.T) {
 			st.do(t)
 			got := l.Stats()
-			wait := got.WaitTime
-			got.WaitTime = 0
+			wait, acquires := got.WaitTime, got.AcquireLatency
+			got.WaitTime, got.AcquireLatency = 0, latency.Snapshot{}
 			require.Equal(t, st.want, got)
+			// Every Acquire is timed, the ones that timed out included.
+			require.Equal(t, st.want.Acquired+st.want.Timeouts, acquires.Count)
 			switch st.name {
 			case "uncontended acquire":
 				require.Zero(t, wait, "no wait time without a held lock")

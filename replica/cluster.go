@@ -18,6 +18,7 @@ import (
 
 	"github.com/mcsession/mcsession/internal/meta"
 	"github.com/mcsession/mcsession/internal/ops"
+	"github.com/mcsession/mcsession/latency"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -86,6 +87,7 @@ type node struct {
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
 	outage  atomic.Int64 // unix nanoseconds of the last outage (breaker opened, or MarkOutage); 0 = never
 	refused atomic.Bool  // the last failure was a refused connection
+	rtt     latency.Histogram
 }
 
 // New validates cfg and builds a Cluster. It does not contact the nodes.
@@ -318,11 +320,13 @@ func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
 		calls, dones = make([]meta.Call, 0, len(batches)), make([]func(error), 0, len(batches))
 	}
 	calls, dones = calls[:len(batches)], dones[:len(batches)]
+	start := time.Now()
 	finish := func(i int) {
 		if dones[i] == nil {
 			return
 		}
 		err := calls[i].Finish()
+		c.byID[batches[i].Node].rtt.Since(start)
 		if err != nil && callerEnded(ctx) != nil {
 			dones[i](errCallerContext) // not the node's fault
 		} else {
@@ -409,6 +413,10 @@ type PoolStats struct {
 	Broken uint64
 	// RoundTrips counts batches sent; Commands counts the commands in them.
 	RoundTrips, Commands uint64
+	// RoundTrip is the latency of the node's batches as callers see it:
+	// from sending (a wait for a free connection included) to the last
+	// answer, failures included.
+	RoundTrip latency.Snapshot
 }
 
 // PoolStats returns the connection statistics of every node in list order.
@@ -418,7 +426,7 @@ func (c *Cluster) PoolStats() []PoolStats {
 		s := n.pool.Stats()
 		out[i] = PoolStats{Node: n.ID, Open: s.Open, Idle: s.Idle, Dials: s.Dials, DialErrors: s.DialErrors,
 			Waits: s.Waits, Timeouts: s.Timeouts, Stale: s.Stale, Broken: s.Broken,
-			RoundTrips: s.Batches, Commands: s.Requests}
+			RoundTrips: s.Batches, Commands: s.Requests, RoundTrip: n.rtt.Snapshot()}
 	}
 	return out
 }

@@ -305,3 +305,18 @@ func TestBreakerCountsNodeTimeoutsNotCallerDeadlines(t *testing.T) {
 	require.True(t, cl.Healthy("n1"))
 	require.Zero(t, cl.Status()[0].ConsecutiveFailures)
 }
+
+// TestRoundTripLatency checks that every batch sent to a node is timed in
+// its PoolStats, and only there.
+func TestRoundTripLatency(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	cl := newCluster(t, c)
+	for range 5 {
+		require.NoError(t, cl.Ping(context.Background(), "n1"))
+	}
+	ps := cl.PoolStats()
+	require.Equal(t, uint64(5), ps[0].RoundTrip.Count)
+	require.Equal(t, ps[0].RoundTrips, ps[0].RoundTrip.Count)
+	require.Positive(t, ps[0].RoundTrip.Sum)
+	require.Zero(t, ps[1].RoundTrip.Count)
+}

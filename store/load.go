@@ -30,6 +30,13 @@ import (
 // a primary that refuses connections has lost its data, and the session is
 // then not found.
 func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
+	defer st.stats.loadLatency.Since(time.Now())
+	return st.load(ctx, id)
+}
+
+// load is Load without its latency record (for callers that record their
+// own).
+func (st *Store) load(ctx context.Context, id string) (*Session, error) {
 	if st.cache != nil {
 		return st.loadSticky(ctx, id)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/lock"
@@ -23,6 +24,7 @@ func (st *Store) Locker() *lock.Locker { return st.locker }
 //
 // Release the lock with SaveAndRelease or Release.
 func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
+	defer st.stats.loadLatency.Since(time.Now())
 	if st.local != nil {
 		lk, err := st.lockSticky(ctx, id)
 		if err != nil {
@@ -44,7 +46,7 @@ func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 	lk, items, err := st.locker.AcquireAndGet(ctx, node, st.lkey(id), key)
 	if errors.Is(err, replica.ErrNodeDown) {
 		// Relocate (unlocked), then lock the session where it now lives.
-		s, err := st.Load(ctx, id)
+		s, err := st.load(ctx, id)
 		if err != nil {
 			return nil, err
 		}

@@ -35,6 +35,7 @@ import (
 // written (non-sticky) or once the write is queued (sticky mode), and the
 // rest follows in the background (see the package doc).
 func (st *Store) Save(ctx context.Context, s *Session) error {
+	defer st.stats.saveLatency.Since(time.Now())
 	if st.cache == nil {
 		return st.save(ctx, s)
 	}

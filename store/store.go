@@ -89,6 +89,7 @@ import (
 
 	"github.com/mcsession/mcsession/codec"
 	"github.com/mcsession/mcsession/internal/ops"
+	"github.com/mcsession/mcsession/latency"
 	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
 )
@@ -223,6 +224,7 @@ type Store struct {
 // counters are the store's event counts.
 type counters struct {
 	loads, saves, skipped, touches, touchesSkipped, conflicts, restores, relocations, corrupt, backupFailures, singleCopy atomic.Uint64
+	loadLatency, saveLatency                                                                                              latency.Histogram
 }
 
 // Stats is a snapshot of a Store's event counts since it was created.
@@ -260,6 +262,12 @@ type Stats struct {
 	// copy again); AsyncFull the saves written synchronously because the
 	// queue was full.
 	AsyncQueued, AsyncCoalesced, AsyncWritten, AsyncFailed, AsyncFull uint64
+	// LoadLatency is the time Load and LoadLocked took (a wait for the
+	// session lock included; see lock.Stats.AcquireLatency), failures
+	// included. SaveLatency is the time Save took (until it returned: with
+	// AsyncWrites, not the queued part).
+	LoadLatency, SaveLatency latency.Snapshot
+
 	// AsyncPending is the number of sessions with a queued or running
 	// write now: an abrupt end of the process loses, for each of them,
 	// the changes since its last completed write (several saves coalesce
@@ -372,6 +380,7 @@ func (st *Store) Stats() Stats {
 		Touches: c.touches.Load(), TouchesSkipped: c.touchesSkipped.Load(), Conflicts: c.conflicts.Load(), Restores: c.restores.Load(),
 		Relocations: c.relocations.Load(), Corrupt: c.corrupt.Load(), BackupFailures: c.backupFailures.Load(),
 		SingleCopySaves: c.singleCopy.Load(),
+		LoadLatency:     c.loadLatency.Snapshot(), SaveLatency: c.saveLatency.Snapshot(),
 	}
 	if w := st.async; w != nil {
 		s.AsyncQueued, s.AsyncCoalesced, s.AsyncWritten = w.queued.Load(), w.coalesced.Load(), w.written.Load()

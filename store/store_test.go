@@ -999,3 +999,29 @@ func TestRecordWithoutIdleTimeoutGetsTheStores(t *testing.T) {
 	_, err = st.Load(ctx, id)
 	require.NoError(t, err)
 }
+
+// TestLatencyStats checks that every Load, LoadLocked and Save is timed,
+// failures included, and a failover's inner load is not timed twice.
+func TestLatencyStats(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	s := saved(t, st, map[string]any{"n": 1}) // 1 save
+	for range 3 {
+		_, err := st.Load(ctx, s.ID())
+		require.NoError(t, err)
+	}
+	_, err := st.Load(ctx, "not-an-id") // a failure is timed too
+	require.ErrorIs(t, err, store.ErrNotFound)
+	locked, err := st.LoadLocked(ctx, s.ID())
+	require.NoError(t, err)
+	require.NoError(t, locked.Set("n", 2))
+	require.NoError(t, st.SaveAndRelease(ctx, locked))
+	stats := st.Stats()
+	require.Equal(t, uint64(5), stats.LoadLatency.Count)
+	require.Equal(t, uint64(2), stats.SaveLatency.Count)
+	require.Positive(t, stats.LoadLatency.Sum)
+	require.Positive(t, stats.LoadLatency.Quantile(0.5))
+	lockStats := st.Locker().Stats()
+	require.Equal(t, uint64(1), lockStats.AcquireLatency.Count)
+}
