@@ -458,7 +458,7 @@ func (st *Store) writeBackupIfNewer(ctx context.Context, node string, req *meta.
 				return err == nil, err
 			}
 		}
-		resp, err := ops.Do(ctx, st.view, node, meta.Request{Command: meta.Get, Key: add.Key, ReturnCAS: true, ReturnFlags: true})
+		resp, err := ops.Do(ctx, st.view, node, ops.VersionRequest(add.Key))
 		if errors.Is(err, ops.ErrMiss) {
 			tryAdd = true // none there (any more): add
 			continue

@@ -351,7 +351,7 @@ func (st *Store) loadSticky(ctx context.Context, id string) (*Session, error) {
 		}
 		at := s.ID() // id, or where a queued write relocated it
 		_, atNode, _ := splitID(at)
-		resp, err := ops.Do(ctx, st.view, atNode, meta.Request{Command: meta.Get, Key: st.key(at), ReturnCAS: true, ReturnFlags: true})
+		resp, err := ops.Do(ctx, st.view, atNode, ops.VersionRequest(st.key(at)))
 		st.cache.mu.Lock()
 		st.cache.probes++
 		if err == nil && resp.Status == meta.StatusOK && resp.CAS == cas {
@@ -492,7 +492,7 @@ func (st *Store) reconcileCAS(ctx context.Context, id string, cas uint64, writte
 	if !ok {
 		return cas, written
 	}
-	resp, err := ops.Do(ctx, st.view, node, meta.Request{Command: meta.Get, Key: st.key(id), ReturnCAS: true, ReturnFlags: true})
+	resp, err := ops.Do(ctx, st.view, node, ops.VersionRequest(st.key(id)))
 	if err == nil && resp.Status == meta.StatusOK && resp.CAS != cas && resp.Flags == flagsOf(unsure) {
 		return resp.CAS, true
 	}

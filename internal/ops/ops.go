@@ -116,6 +116,12 @@ func GetRequest(key string) meta.Request {
 	return meta.Request{Command: meta.Get, Key: key, ReturnValue: true, ReturnCAS: true, ReturnTTL: true, ReturnFlags: true}
 }
 
+// VersionRequest reads key's CAS and client flags (the envelope version)
+// without its value: the cheap "which copy is there" read.
+func VersionRequest(key string) meta.Request {
+	return meta.Request{Command: meta.Get, Key: key, ReturnCAS: true, ReturnFlags: true}
+}
+
 // ItemOf returns the item a GetRequest answered, or ErrMiss.
 func ItemOf(key string, r *meta.Response) (Item, error) {
 	if err := Answer(r); err != nil {
