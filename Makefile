@@ -22,13 +22,17 @@ vet:
 	@echo "==> vet: $(GO) vet ./..."
 	@$(GO) vet ./...
 
-# test also vets and tests the bench and router-example modules (their own
-# go.mod), so that a change to the library cannot silently break them.
+# test also vets and tests the examples (the app, the demo, the quick start),
+# bench and router-example modules (each with its own go.mod, so that their
+# dependencies stay out of the library's), so that a change to the library
+# cannot silently break them.
 test: deps vet
 	@echo "==> test: $(GO) test -race -count=1 ./... (against real memcached processes)"
 	@$(GO) test -race -count=1 ./...
 	@echo "==> test: cd bench && $(GO) vet ./... && $(GO) test -count=1 ./..."
 	@cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...
+	@echo "==> test: cd examples && $(GO) vet ./... && $(GO) test -race -count=1 ./... (the app, the demo, the quick start)"
+	@cd examples && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	@echo "==> test: cd examples/routers && $(GO) vet ./... && $(GO) test -race -count=1 ./... (chi, gorilla/mux)"
 	@cd examples/routers && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
@@ -46,8 +50,8 @@ test: deps vet
 # for the Ctrl-C that is the normal end of the demo; the demo itself exits
 # with status 0 once it has stopped everything it started.
 demo: deps
-	@echo "==> demo: $(GO) build -o $(BIN)/cluster ./examples/cluster"
-	@$(GO) build -o $(BIN)/cluster ./examples/cluster
+	@echo "==> demo: cd examples && $(GO) build -o $(abspath $(BIN))/cluster ./cluster"
+	@cd examples && $(GO) build -o $(abspath $(BIN))/cluster ./cluster
 	@echo "==> demo: $(strip $(BIN)/cluster $(DEMO_FLAGS) $(ARGS)) (Ctrl-C stops everything)"
 	@$(BIN)/cluster $(DEMO_FLAGS) $(ARGS)
 

@@ -5,7 +5,7 @@
 // each request, where the session lives, each node's health and breaker
 // state, and buttons to stop and restart nodes.
 //
-//	go run ./examples/cluster [-listen 127.0.0.1:8000] [-nodes 3] [-apps 2] [-locking all]
+//	cd examples && go run ./cluster [-listen 127.0.0.1:8000] [-nodes 3] [-apps 2] [-locking all]
 //	                          [-sticky [-sticky-trust]] [-async-backup] [-quiet]
 //
 // With -sticky (`make demo ARGS=-sticky`) the apps run in sticky mode and
@@ -15,8 +15,8 @@
 // a session survive the death of the app server that held it in memory.
 // -sticky-trust and -async-backup are passed on to the apps.
 //
-// Run it from the module root (it builds ./examples/app). Ctrl-C (SIGINT)
-// or SIGTERM stops every child process, also while the demo is starting,
+// Run it from inside the repository (it builds the example app in the
+// examples module). Ctrl-C (SIGINT) or SIGTERM stops every child process, also while the demo is starting,
 // and the program then exits with status 0. `make demo` builds this program
 // and runs the binary rather than "go run": "go run" exits with status 1
 // whenever it gets a SIGINT, whatever its child's status.

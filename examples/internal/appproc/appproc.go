@@ -42,17 +42,73 @@ const (
 // listeningLine matches the line the app prints once it listens.
 var listeningLine = regexp.MustCompile(`listening on (http://\S+)`)
 
+// ModulePath is the path of the Go module that holds the examples (its own
+// go.mod in the repository's examples directory, so that the example app's
+// metrics dependencies stay out of the library's go.mod).
+const ModulePath = "github.com/mcsession/mcsession/examples"
+
+// ErrNoModule is returned by Build when neither the current directory nor
+// any directory above it holds the examples module.
+var ErrNoModule = errors.New("appproc: the examples module (examples/go.mod) is not in or above the current directory")
+
+// ModuleDir returns the directory of the examples module: the first
+// directory, from the current one upwards, whose go.mod declares
+// ModulePath, or that has an examples/go.mod declaring it (the repository
+// root). It returns ErrNoModule when there is none.
+func ModuleDir() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("appproc: %w", err)
+	}
+	for {
+		for _, cand := range []string{dir, filepath.Join(dir, "examples")} {
+			if declaresModule(filepath.Join(cand, "go.mod")) {
+				return cand, nil
+			}
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", ErrNoModule
+		}
+		dir = parent
+	}
+}
+
+// declaresModule reports whether the go.mod file at path declares
+// ModulePath.
+func declaresModule(path string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		if f := bytes.Fields(line); len(f) == 2 && string(f[0]) == "module" && string(f[1]) == ModulePath {
+			return true
+		}
+	}
+	return false
+}
+
 // Build compiles the example app into dir with "go build" and returns the
-// path of the binary. The current directory must lie inside the mcsession
-// module (as it does under "go test" and "go run ./examples/cluster" from
-// the module root). ctx bounds the build.
+// path of the binary. The current directory must be the repository or lie
+// inside it (as it does under "go test" and under "make demo"): the build
+// runs in the examples module's directory (see ModuleDir). ctx bounds the
+// build.
 func Build(ctx context.Context, dir string) (string, error) {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		return "", fmt.Errorf("appproc: build: the go command is needed to build %s: %w", ImportPath, err)
 	}
-	out := filepath.Join(dir, "app")
+	modDir, err := ModuleDir()
+	if err != nil {
+		return "", fmt.Errorf("appproc: build %s: %w", ImportPath, err)
+	}
+	out, err := filepath.Abs(filepath.Join(dir, "app"))
+	if err != nil {
+		return "", fmt.Errorf("appproc: build: %w", err)
+	}
 	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, ImportPath)
+	cmd.Dir = modDir
 	// Like the apps, the build runs in its own process group: a Ctrl-C at
 	// the parent's terminal does not reach it, so it only stops when ctx
 	// ends (a build that fails while ctx is live really failed). It then
@@ -64,7 +120,7 @@ func Build(ctx context.Context, dir string) (string, error) {
 	var msg bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &msg, &msg
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("appproc: go build %s (run it from inside the mcsession module): %w\n%s", ImportPath, err, msg.Bytes())
+		return "", fmt.Errorf("appproc: go build %s (in %s): %w\n%s", ImportPath, modDir, err, msg.Bytes())
 	}
 	return out, nil
 }

@@ -76,3 +76,23 @@ func TestStartStopAndKill(t *testing.T) {
 		})
 	}
 }
+
+// ModuleDir finds the examples module from inside it (as under go test)
+// and from the repository root (as under make demo), and fails clearly
+// outside the repository.
+func TestModuleDir(t *testing.T) {
+	want, err := filepath.Abs(filepath.Join("..", ".."))
+	require.NoError(t, err)
+	got, err := appproc.ModuleDir()
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+
+	t.Chdir(filepath.Join(want, ".."))
+	got, err = appproc.ModuleDir()
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+
+	t.Chdir(t.TempDir())
+	_, err = appproc.ModuleDir()
+	require.ErrorIs(t, err, appproc.ErrNoModule)
+}

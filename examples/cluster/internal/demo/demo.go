@@ -143,7 +143,7 @@ type Config struct {
 	Apps int
 	// AppBinary is a built examples/app. Default "": it is built with
 	// "go build" into a temporary directory (the current directory must
-	// then lie inside the mcsession module).
+	// then lie inside the repository: see appproc.Build).
 	AppBinary string
 	// AppArgs are extra flags for every app, e.g. "-locking", "auto".
 	// Default none.
