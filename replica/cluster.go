@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -64,25 +66,36 @@ type Config struct {
 	// OpenTimeout is how long an open breaker waits before probing the node
 	// again. Default DefaultOpenTimeout (2 s).
 	OpenTimeout time.Duration
-	// Logger receives breaker state changes. Default: logs are discarded.
+	// DrainTimeout is how long a node removed by SetNodes is still read,
+	// so that the sessions on it move to the new nodes on their next
+	// request, before it is dropped. Set it to at least the longest idle
+	// timeout of your sessions. Default DefaultDrainTimeout (30 min).
+	DrainTimeout time.Duration
+	// Logger receives breaker state changes and node list changes.
+	// Default: logs are discarded.
 	Logger *slog.Logger
 }
 
-// Cluster is a fixed set of memcached nodes. It is safe for concurrent use.
+// Cluster is a set of memcached nodes; SetNodes changes it while it runs.
+// It is safe for concurrent use.
 type Cluster struct {
 	// opsHandle gives mcsession's own packages (lock, store) the
 	// operations and failover helpers of the cluster (see ops.Of).
 	opsHandle
 
-	nodes []*node
-	byID  map[string]*node
-	next  atomic.Uint64 // round-robin cursor for new sessions
-	log   *slog.Logger
+	topo atomic.Pointer[topology] // the current node list; never nil
+	next atomic.Uint64            // round-robin cursor for new sessions
+	log  *slog.Logger
+	cfg  Config // with defaults applied, for the nodes SetNodes adds
+
+	drainTimeout time.Duration
+
+	mu     sync.Mutex // serializes SetNodes, drain ends and Close
+	closed bool
 }
 
 type node struct {
 	Node
-	index   int // position in Cluster.nodes
 	pool    *meta.Pool
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
 	outage  atomic.Int64 // unix nanoseconds of the last outage (breaker opened, or MarkOutage); 0 = never
@@ -111,19 +124,34 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.OpenTimeout <= 0 {
 		cfg.OpenTimeout = DefaultOpenTimeout
 	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cluster{byID: make(map[string]*node, len(cfg.Nodes)), log: log}
+	c := &Cluster{log: log, cfg: cfg, drainTimeout: cfg.DrainTimeout}
 	c.opsHandle = ops.NewHandle(view{c})
+	t := &topology{index: make(map[string]int, len(cfg.Nodes)), draining: map[string]*drain{}}
 	for _, n := range cfg.Nodes {
-		pool := meta.NewPool(meta.Config{
-			Addr: n.Addr, Dial: cfg.DialContext, Timeout: cfg.Timeout, DialTimeout: cfg.Timeout,
-			MaxConns: cfg.MaxConns, MaxIdle: cfg.MaxIdleConns,
-		})
-		threshold := cfg.FailureThreshold
-		nd := &node{Node: n, index: len(c.nodes), pool: pool}
+		t.index[n.ID] = len(t.nodes)
+		t.nodes = append(t.nodes, c.newNode(n))
+	}
+	c.topo.Store(t)
+	return c, nil
+}
+
+// newNode builds the connection pool and the breaker of node n.
+func (c *Cluster) newNode(n Node) *node {
+	cfg, log := c.cfg, c.log
+	pool := meta.NewPool(meta.Config{
+		Addr: n.Addr, Dial: cfg.DialContext, Timeout: cfg.Timeout, DialTimeout: cfg.Timeout,
+		MaxConns: cfg.MaxConns, MaxIdle: cfg.MaxIdleConns,
+	})
+	threshold := cfg.FailureThreshold
+	nd := &node{Node: n, pool: pool}
+	{
 		nd.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 			Name:        n.ID,
 			MaxRequests: 1,
@@ -150,31 +178,46 @@ func New(cfg Config) (*Cluster, error) {
 				log.Warn("memcached node breaker changed state", "node", name, "from", from.String(), "to", to.String())
 			},
 		})
-		c.nodes = append(c.nodes, nd)
-		c.byID[n.ID] = nd
 	}
-	return c, nil
+	return nd
 }
 
-// Close closes the connections of every node; calls made after Close fail.
+// usable reports whether the node's breaker lets calls through.
+func (n *node) usable() bool { return n.breaker.State() != gobreaker.StateOpen }
+
+// Close closes the connections of every node, draining ones included, and
+// ends the drains; calls made after Close fail, and so does SetNodes.
 func (c *Cluster) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
 	var errs []error
-	for _, n := range c.nodes {
+	t := c.topo.Load()
+	for _, d := range t.draining {
+		d.timer.Stop()
+	}
+	for _, n := range t.all() {
 		errs = append(errs, n.pool.Close())
 	}
 	return errors.Join(errs...)
 }
 
-// Has reports whether id names a configured node.
+// Has reports whether id names a node of the list or a node being drained
+// (a session id naming it is loaded).
 func (c *Cluster) Has(id string) bool {
-	_, ok := c.byID[id]
+	if _, ok := cutDrainPrefix(id); ok {
+		return false
+	}
+	_, ok := c.topo.Load().lookup(id)
 	return ok
 }
 
-// NodeIDs returns the configured node ids in list order.
+// NodeIDs returns the ids of the node list in order (draining nodes
+// excluded).
 func (c *Cluster) NodeIDs() []string {
-	ids := make([]string, len(c.nodes))
-	for i, n := range c.nodes {
+	t := c.topo.Load()
+	ids := make([]string, len(t.nodes))
+	for i, n := range t.nodes {
 		ids[i] = n.ID
 	}
 	return ids
@@ -183,15 +226,15 @@ func (c *Cluster) NodeIDs() []string {
 // Healthy reports whether the node's breaker lets calls through (closed or
 // half-open). An unknown id is not healthy.
 func (c *Cluster) Healthy(id string) bool {
-	n, ok := c.byID[id]
-	return ok && n.breaker.State() != gobreaker.StateOpen
+	n, ok := c.topo.Load().lookup(id)
+	return ok && n.usable()
 }
 
 // markOutage records that the node failed badly enough for sessions to be
 // moved off it (the store calls it when it relocates one). The breaker
 // opening records the same.
 func (c *Cluster) markOutage(id string) {
-	if n, ok := c.byID[id]; ok {
+	if n, ok := c.topo.Load().lookup(id); ok {
 		n.outage.Store(time.Now().UnixNano())
 	}
 }
@@ -201,7 +244,7 @@ func (c *Cluster) markOutage(id string) {
 // still hold copies of sessions that moved to other nodes meanwhile. A
 // single failed operation that did not open the breaker does not count.
 func (c *Cluster) outageWithin(id string, d time.Duration) bool {
-	n, ok := c.byID[id]
+	n, ok := c.topo.Load().lookup(id)
 	if !ok {
 		return false
 	}
@@ -213,7 +256,7 @@ func (c *Cluster) outageWithin(id string, d time.Duration) bool {
 // no memcached process listens there, so whatever it held is lost (a hung
 // or unreachable node, which times out instead, may still have its data).
 func (c *Cluster) connRefused(id string) bool {
-	n, ok := c.byID[id]
+	n, ok := c.topo.Load().lookup(id)
 	return ok && n.refused.Load()
 }
 
@@ -227,14 +270,20 @@ type NodeStatus struct {
 	State string
 	// ConsecutiveFailures is the breaker's current run of failures.
 	ConsecutiveFailures uint32
+	// Draining is true for a node that SetNodes removed and that is still
+	// read until its drain ends.
+	Draining bool
 }
 
-// Status returns the state of every node in list order.
+// Status returns the state of every node in list order, then of the
+// draining nodes (sorted by id).
 func (c *Cluster) Status() []NodeStatus {
-	out := make([]NodeStatus, len(c.nodes))
-	for i, n := range c.nodes {
+	t := c.topo.Load()
+	all := t.all()
+	out := make([]NodeStatus, len(all))
+	for i, n := range all {
 		out[i] = NodeStatus{ID: n.ID, Addr: n.Addr, State: n.breaker.State().String(),
-			ConsecutiveFailures: n.breaker.Counts().ConsecutiveFailures}
+			ConsecutiveFailures: n.breaker.Counts().ConsecutiveFailures, Draining: i >= len(t.nodes)}
 	}
 	return out
 }
@@ -244,9 +293,10 @@ func (c *Cluster) Status() []NodeStatus {
 // It returns ErrNoHealthyNode when every breaker is open.
 func (c *Cluster) pickNew() (string, error) {
 	start := c.next.Add(1)
+	nodes := c.topo.Load().nodes
 	for _, want := range []gobreaker.State{gobreaker.StateClosed, gobreaker.StateHalfOpen} {
-		for i := range c.nodes {
-			n := c.nodes[(start+uint64(i))%uint64(len(c.nodes))]
+		for i := range nodes {
+			n := nodes[(start+uint64(i))%uint64(len(nodes))]
 			if n.breaker.State() == want {
 				return n.ID, nil
 			}
@@ -257,37 +307,72 @@ func (c *Cluster) pickNew() (string, error) {
 
 // BackupOf returns the backup node for a session whose primary is primary:
 // the next node after it in list order whose breaker is not open, skipping
-// the ids in exclude. It returns "" when there is none.
+// the ids in exclude. For a draining node (see SetNodes) it is the next
+// such node of the list it was removed from that is still in the list,
+// else any healthy node of the list. It returns "" when there is none.
 func (c *Cluster) BackupOf(primary string, exclude ...string) string {
-	p, ok := c.byID[primary]
-	if !ok {
-		return ""
-	}
-next:
-	for i := 1; i < len(c.nodes); i++ {
-		n := c.nodes[(p.index+i)%len(c.nodes)]
-		for _, x := range exclude {
-			if n.ID == x {
-				continue next
-			}
-		}
-		if n.breaker.State() != gobreaker.StateOpen {
-			return n.ID
+	t := c.topo.Load()
+	for _, id := range t.successors(primary) {
+		i, ok := t.index[id]
+		if ok && !slices.Contains(exclude, id) && t.nodes[i].usable() {
+			return id
 		}
 	}
 	return ""
 }
 
-// backupCandidates returns every node after primary in list order, healthy
-// or not: the places a backup copy may have been written to.
-func (c *Cluster) backupCandidates(primary string) []string {
-	p, ok := c.byID[primary]
+// successors returns the active nodes that follow primary: for a node of
+// the list, the next ones in list order; for a draining node, those of the
+// list it was removed from that are still in the list, then the other
+// nodes of the list in order.
+func (t *topology) successors(primary string) []string {
+	var out []string
+	if p, ok := t.index[primary]; ok {
+		for i := 1; i < len(t.nodes); i++ {
+			out = append(out, t.nodes[(p+i)%len(t.nodes)].ID)
+		}
+		return out
+	}
+	d, ok := t.draining[primary]
 	if !ok {
 		return nil
 	}
-	var out []string
-	for i := 1; i < len(c.nodes); i++ {
-		out = append(out, c.nodes[(p.index+i)%len(c.nodes)].ID)
+	for _, id := range d.successors {
+		if _, ok := t.index[id]; ok {
+			out = append(out, id)
+		}
+	}
+	for _, n := range t.nodes {
+		if !slices.Contains(out, n.ID) {
+			out = append(out, n.ID)
+		}
+	}
+	return out
+}
+
+// backupCandidates returns every node that may hold a backup copy of a
+// session whose primary is primary, healthy or not: the nodes after it in
+// list order, then the draining nodes (a backup written before a node
+// list change may still be on one). For a draining primary, the nodes
+// that followed it in the list it was removed from come first.
+func (c *Cluster) backupCandidates(primary string) []string {
+	t := c.topo.Load()
+	if _, ok := t.lookup(primary); !ok {
+		return nil
+	}
+	out := t.successors(primary)
+	if d, ok := t.draining[primary]; ok {
+		// Successors that are draining too were left out by successors.
+		for _, id := range d.successors {
+			if _, ok := t.draining[id]; ok && !slices.Contains(out, id) {
+				out = append(out, id)
+			}
+		}
+	}
+	for _, id := range t.drainingIDs() {
+		if id != primary && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
 	}
 	return out
 }
@@ -320,25 +405,33 @@ func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
 		calls, dones = make([]meta.Call, 0, len(batches)), make([]func(error), 0, len(batches))
 	}
 	calls, dones = calls[:len(batches)], dones[:len(batches)]
+	var nodesBuf [2]*node
+	nodes := nodesBuf[:0]
+	if len(batches) > len(nodesBuf) {
+		nodes = make([]*node, 0, len(batches))
+	}
+	nodes = nodes[:len(batches)]
+	t := c.topo.Load() // one node list for the whole call
 	start := time.Now()
 	finish := func(i int) {
 		if dones[i] == nil {
 			return
 		}
 		err := calls[i].Finish()
-		c.byID[batches[i].Node].rtt.Since(start)
+		nodes[i].rtt.Since(start)
 		if err != nil && callerEnded(ctx) != nil {
 			dones[i](errCallerContext) // not the node's fault
 		} else {
 			dones[i](err)
 		}
 		dones[i] = nil
-		batches[i].Err = c.nodeError(ctx, batches[i].Node, err)
+		batches[i].Err = c.nodeError(ctx, nodes[i], err)
 	}
 	for i := range batches {
 		b := &batches[i]
 		b.Err = nil
-		n, ok := c.byID[b.Node]
+		n, ok := t.lookup(b.Node)
+		nodes[i] = n
 		if !ok {
 			b.Err = fmt.Errorf("%w: %q", ErrUnknownNode, b.Node)
 			continue
@@ -372,14 +465,13 @@ func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
 // A batch that failed while the caller's context ended is reported with
 // the context's error, not as a node failure: the node is not to blame,
 // and sessions must not be moved off it.
-func (c *Cluster) nodeError(ctx context.Context, id string, err error) error {
+func (c *Cluster) nodeError(ctx context.Context, n *node, err error) error {
 	if err == nil || errors.Is(err, meta.ErrBadRequest) {
 		return err
 	}
 	if cerr := callerEnded(ctx); cerr != nil {
-		return fmt.Errorf("replica: %s: %w (%w)", id, cerr, err)
+		return fmt.Errorf("replica: %s: %w (%w)", n.ID, cerr, err)
 	}
-	n := c.byID[id]
 	if errors.Is(err, meta.ErrPoolTimeout) {
 		return fmt.Errorf("%w: %s (%s): %w", ErrNodeBusy, n.ID, n.Addr, err)
 	}
@@ -417,16 +509,22 @@ type PoolStats struct {
 	// from sending (a wait for a free connection included) to the last
 	// answer, failures included.
 	RoundTrip latency.Snapshot
+	// Draining is true for a node that SetNodes removed and that is still
+	// read until its drain ends.
+	Draining bool
 }
 
-// PoolStats returns the connection statistics of every node in list order.
+// PoolStats returns the connection statistics of every node in list
+// order, then of the draining nodes (sorted by id).
 func (c *Cluster) PoolStats() []PoolStats {
-	out := make([]PoolStats, len(c.nodes))
-	for i, n := range c.nodes {
+	t := c.topo.Load()
+	all := t.all()
+	out := make([]PoolStats, len(all))
+	for i, n := range all {
 		s := n.pool.Stats()
 		out[i] = PoolStats{Node: n.ID, Open: s.Open, Idle: s.Idle, Dials: s.Dials, DialErrors: s.DialErrors,
 			Waits: s.Waits, Timeouts: s.Timeouts, Stale: s.Stale, Broken: s.Broken,
-			RoundTrips: s.Batches, Commands: s.Requests, RoundTrip: n.rtt.Snapshot()}
+			RoundTrips: s.Batches, Commands: s.Requests, RoundTrip: n.rtt.Snapshot(), Draining: i >= len(t.nodes)}
 	}
 	return out
 }
@@ -468,3 +566,6 @@ func (v view) BackupCandidates(p string) []string                { return v.c.ba
 func (v view) MarkOutage(id string)                              { v.c.markOutage(id) }
 func (v view) OutageWithin(id string, d time.Duration) bool      { return v.c.outageWithin(id, d) }
 func (v view) ConnRefused(id string) bool                        { return v.c.connRefused(id) }
+func (v view) Draining(id string) bool                           { return v.c.isDraining(id) }
+func (v view) DrainTarget(base string) string                    { return v.c.drainTarget(base) }
+func (v view) OldAddress(id string) (string, bool)               { return v.c.oldAddress(id) }

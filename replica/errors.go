@@ -21,6 +21,9 @@ var (
 	// context.DeadlineExceeded.
 	ErrNodeBusy = errors.New("replica: node busy")
 
+	// ErrClosed is returned by SetNodes after Close.
+	ErrClosed = errors.New("replica: cluster closed")
+
 	// ErrNoHealthyNode is returned when every node's breaker is open.
 	ErrNoHealthyNode = errors.New("replica: no healthy node")
 )

@@ -44,6 +44,17 @@ type View interface {
 	OutageWithin(id string, d time.Duration) bool
 	// ConnRefused reports whether the node's last failure was a refused connection.
 	ConnRefused(id string) bool
+	// Draining reports whether id names a node being drained: removed
+	// from the node list (or given a new address) and still read until
+	// its drain ends, so that its sessions move on their next request.
+	Draining(id string) bool
+	// DrainTarget returns the node that a session with random part base
+	// moves to off a draining node ("" when no node of the list is
+	// healthy); every app server picks the same.
+	DrainTarget(base string) string
+	// OldAddress returns the node name that reaches the old, draining
+	// address of node id when id is in the list with a new address.
+	OldAddress(id string) (string, bool)
 }
 
 // Batch is one node's batch for View.ExecMany.
