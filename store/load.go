@@ -50,6 +50,9 @@ func (st *Store) load(ctx context.Context, id string) (*Session, error) {
 // loadRemote is Load reading memcached, for an id that parsed into base
 // and node.
 func (st *Store) loadRemote(ctx context.Context, id, base, node string) (*Session, error) {
+	if st.view.Draining(node) {
+		return st.loadDraining(ctx, id, base, node)
+	}
 	key := st.key(id)
 	it, err := ops.Get(ctx, st.view, node, key)
 	switch {

@@ -59,7 +59,11 @@ func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 		return nil, fmt.Errorf("store: lock %s: %w", id, err)
 	}
 	var s *Session
-	if it := items[0]; it.Found {
+	if it := items[0]; st.view.Draining(node) {
+		// Moved off the draining node under the old id's lock (so two
+		// requests never move it at once), then locked again below.
+		s, err = st.loadDraining(ctx, id, base, node)
+	} else if it.Found {
 		s, err = st.fromPrimary(ctx, id, base, node, itemOf(key, it)) // a moved copy is locked again below
 	} else {
 		s, err = st.restore(ctx, id, node, key, st.bkey(id))

@@ -344,12 +344,15 @@ func (st *Store) loadSticky(ctx context.Context, id string) (*Session, error) {
 	}
 	now := time.Now()
 	if s, cas, ahead, ok := st.cache.get(id, now); ok {
+		at := s.ID() // id, or where a queued write relocated it
+		if atBase, atNode, _ := splitID(at); st.view.Draining(atNode) {
+			return st.moveOffDraining(ctx, id, at, atBase, atNode)
+		}
 		if ahead || st.trust {
 			s.casID = cas
 			st.stats.loads.Add(1)
 			return s, nil
 		}
-		at := s.ID() // id, or where a queued write relocated it
 		_, atNode, _ := splitID(at)
 		resp, err := ops.Do(ctx, st.view, atNode, ops.VersionRequest(st.key(at)))
 		st.cache.mu.Lock()
@@ -369,6 +372,31 @@ func (st *Store) loadSticky(ctx context.Context, id string) (*Session, error) {
 			st.cache.remove(id)
 		}
 		return nil, err
+	}
+	st.cacheLoaded(id, s)
+	return s, nil
+}
+
+// moveOffDraining loads a cached session whose node is being drained
+// (at is where it lives, id what the request asked for): its queued write
+// runs first, so that memcached has the newest version, then it is moved
+// off the node as loadDraining does and cached under its new id.
+func (st *Store) moveOffDraining(ctx context.Context, id, at, base, node string) (*Session, error) {
+	if st.async != nil {
+		if err := st.async.waitFor(ctx, at); err != nil {
+			return nil, fmt.Errorf("%w: %s: queued write before moving it off a draining node: %w", ErrUnavailable, id, err)
+		}
+	}
+	s, err := st.loadRemote(ctx, at, base, node)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			st.cache.remove(id)
+			st.cache.remove(at)
+		}
+		return nil, err
+	}
+	if at != id && s.ID() != at {
+		st.cache.remove(at)
 	}
 	st.cacheLoaded(id, s)
 	return s, nil

@@ -223,8 +223,8 @@ type Store struct {
 
 // counters are the store's event counts.
 type counters struct {
-	loads, saves, skipped, touches, touchesSkipped, conflicts, restores, relocations, corrupt, backupFailures, singleCopy atomic.Uint64
-	loadLatency, saveLatency                                                                                              latency.Histogram
+	loads, saves, skipped, touches, touchesSkipped, conflicts, restores, relocations, drained, corrupt, backupFailures, singleCopy atomic.Uint64
+	loadLatency, saveLatency                                                                                                       latency.Histogram
 }
 
 // Stats is a snapshot of a Store's event counts since it was created.
@@ -244,8 +244,13 @@ type Stats struct {
 	// Restores counts sessions copied back from the backup to a primary
 	// that had restarted empty.
 	Restores uint64
-	// Relocations counts sessions moved to a new primary after a node failure.
+	// Relocations counts sessions moved to a new primary after a node
+	// failure, or off a draining node (see Drained).
 	Relocations uint64
+	// Drained counts sessions moved off a node that
+	// replica.Cluster.SetNodes removed (also counted in Relocations), or
+	// copied to the new address of a node whose address changed.
+	Drained uint64
 	// Corrupt counts stored records that did not decode.
 	Corrupt uint64
 	// BackupFailures counts backup writes that failed.
@@ -378,7 +383,7 @@ func (st *Store) Stats() Stats {
 	s := Stats{
 		Loads: c.loads.Load(), Saves: c.saves.Load(), SkippedSaves: c.skipped.Load(),
 		Touches: c.touches.Load(), TouchesSkipped: c.touchesSkipped.Load(), Conflicts: c.conflicts.Load(), Restores: c.restores.Load(),
-		Relocations: c.relocations.Load(), Corrupt: c.corrupt.Load(), BackupFailures: c.backupFailures.Load(),
+		Relocations: c.relocations.Load(), Drained: c.drained.Load(), Corrupt: c.corrupt.Load(), BackupFailures: c.backupFailures.Load(),
 		SingleCopySaves: c.singleCopy.Load(),
 		LoadLatency:     c.loadLatency.Snapshot(), SaveLatency: c.saveLatency.Snapshot(),
 	}
