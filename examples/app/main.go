@@ -7,7 +7,14 @@
 // Flags:
 //
 //	-listen ADDR          listen address (default 127.0.0.1:8080; port 0 picks a free one)
-//	-nodes LIST           memcached nodes, n1=HOST:PORT,n2=HOST:PORT,... (required)
+//	-nodes LIST           memcached nodes, n1=HOST:PORT,n2=HOST:PORT,... (required
+//	                      unless -nodes-file is given)
+//	-nodes-file FILE      read the node list from FILE instead (the same format;
+//	                      entries may also be on separate lines, # starts a
+//	                      comment) and read it again on SIGHUP: added nodes take
+//	                      new sessions, removed ones are drained, then dropped
+//	-drain-timeout DURATION  how long a removed node is drained before it is
+//	                      dropped (default: the -idle value)
 //	-name NAME            instance name shown in responses (default: the listen address)
 //	-locking MODE         all, none, auto or pattern:REGEXP on "METHOD PATH" (default all)
 //	-idle DURATION        session idle timeout (default 30m)
@@ -20,7 +27,10 @@
 //	mcsession example app NAME listening on http://HOST:PORT
 //
 // SIGINT and SIGTERM shut it down gracefully: requests in flight finish
-// (bounded by 10 s) and their sessions are committed.
+// (bounded by 10 s) and their sessions are committed. SIGHUP re-reads
+// -nodes-file and applies the node list it holds (see
+// replica.Cluster.SetNodes), logging what changed; a file that cannot be
+// read or parsed is logged and the current list kept.
 package main
 
 import (
@@ -34,10 +44,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mcsession/mcsession/examples/app/server"
+	"github.com/mcsession/mcsession/replica"
 )
 
 // shutdownTimeout bounds the graceful shutdown.
@@ -55,8 +67,9 @@ func main() {
 
 // options are the parsed command line.
 type options struct {
-	listen string
-	cfg    server.Config
+	listen    string
+	nodesFile string
+	cfg       server.Config
 }
 
 // parseFlags parses the command line into options.
@@ -65,7 +78,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("app", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "listen `address` (port 0 picks a free port)")
-	fs.StringVar(&o.cfg.Nodes, "nodes", "", "memcached `nodes`: n1=HOST:PORT,n2=HOST:PORT,... (required)")
+	fs.StringVar(&o.cfg.Nodes, "nodes", "", "memcached `nodes`: n1=HOST:PORT,n2=HOST:PORT,... (required unless -nodes-file is given)")
+	fs.StringVar(&o.nodesFile, "nodes-file", "", "read the node list from `file` (same format, one or more lines, # comments) instead of -nodes, and again on SIGHUP")
+	fs.DurationVar(&o.cfg.DrainTimeout, "drain-timeout", 0, "how long a node removed from -nodes-file is drained before it is dropped (default: the -idle value)")
 	fs.StringVar(&o.cfg.Name, "name", "", "instance `name` shown in responses (default: the listen address)")
 	fs.StringVar(&o.cfg.Locking, "locking", server.DefaultLocking, "locking `mode`: all, none, auto or pattern:REGEXP (matched against \"METHOD PATH\")")
 	fs.DurationVar(&o.cfg.IdleTimeout, "idle", server.DefaultIdleTimeout, "session idle timeout")
@@ -80,6 +95,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.nodesFile != "" {
+		spec, err := readNodesFile(o.nodesFile)
+		if err != nil {
+			return o, err
+		}
+		o.cfg.Nodes = spec
 	}
 	if o.cfg.Nodes == "" {
 		return o, errors.New("-nodes is required, e.g. -nodes n1=127.0.0.1:11211,n2=127.0.0.1:11212")
@@ -117,6 +139,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.nodesFile != "" {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go reloadOnHangup(ctx, hup, o.nodesFile, app.Store().Cluster(), o.cfg.Logger)
+	}
 	srv := &http.Server{
 		Handler:           app,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -145,5 +173,67 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if pending > 0 {
 		o.cfg.Logger.Info("queued session writes written", "count", pending)
 	}
+	return nil
+}
+
+// readNodesFile reads a node list file: the -nodes format, where entries
+// may also be separated by line breaks, blank lines are ignored and "#"
+// starts a comment that runs to the end of its line.
+func readNodesFile(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("-nodes-file: %w", err)
+	}
+	var entries []string
+	for _, line := range strings.Split(string(data), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		for _, e := range strings.Split(line, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				entries = append(entries, e)
+			}
+		}
+	}
+	if len(entries) == 0 {
+		return "", fmt.Errorf("-nodes-file %s: no nodes in it", path)
+	}
+	return strings.Join(entries, ","), nil
+}
+
+// reloadOnHangup applies the node list of path to cluster at every signal
+// on hup, until ctx ends.
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, path string, cluster *replica.Cluster, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if err := applyNodesFile(path, cluster, log); err != nil {
+			log.Error("SIGHUP: node list not changed", "file", path, "err", err)
+		}
+	}
+}
+
+// applyNodesFile reads path and gives its node list to cluster, logging
+// the change.
+func applyNodesFile(path string, cluster *replica.Cluster, log *slog.Logger) error {
+	spec, err := readNodesFile(path)
+	if err != nil {
+		return err
+	}
+	nodes, err := replica.ParseNodes(spec)
+	if err != nil {
+		return fmt.Errorf("-nodes-file %s: %w", path, err)
+	}
+	ch, err := cluster.SetNodes(nodes)
+	if err != nil {
+		return err
+	}
+	var draining []string
+	for _, d := range cluster.Draining() {
+		draining = append(draining, fmt.Sprintf("%s=%s until %s", d.ID, d.Addr, d.Until.Format(time.RFC3339)))
+	}
+	log.Info("SIGHUP: node list applied", "file", path, "nodes", spec, "added", ch.Added, "removed", ch.Removed,
+		"undrained", ch.Undrained, "draining", draining)
 	return nil
 }

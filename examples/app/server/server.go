@@ -21,6 +21,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"embed"
 	"encoding/json"
@@ -91,6 +92,11 @@ type Config struct {
 	// LockTimeout is how long a request waits for the lock of its session
 	// before it is answered 503. Default DefaultLockTimeout (2 s).
 	LockTimeout time.Duration
+	// DrainTimeout is how long a memcached node removed from the list at
+	// run time (replica.Cluster.SetNodes) is still read, so that its
+	// sessions move on their next request, before it is dropped. Default:
+	// IdleTimeout (a session not requested for that long has expired).
+	DrainTimeout time.Duration
 	// CookieName is the name of the session cookie. Default
 	// DefaultCookieName ("mcsession").
 	CookieName string
@@ -158,6 +164,9 @@ type NodeView struct {
 	State string `json:"state"`
 	// Failures is the breaker's current run of consecutive failures.
 	Failures uint32 `json:"failures"`
+	// Draining is true for a node removed from the list at run time
+	// (SIGHUP with -nodes-file) that is still read until its drain ends.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // Server is the example app: an http.Handler over a session store. Create
@@ -244,7 +253,8 @@ func New(cfg Config) (*Server, error) {
 			regexp.MustCompile(`^/api/stats$`),
 			regexp.MustCompile(`^/readyz$`),
 		},
-		Logger: cfg.Logger,
+		Logger:  cfg.Logger,
+		Cluster: replica.Config{DrainTimeout: cmp.Or(cfg.DrainTimeout, cfg.IdleTimeout)},
 		Store: store.Config{
 			IdleTimeout: cfg.IdleTimeout, Lifetime: cfg.Lifetime,
 			Sticky: cfg.Sticky, TrustSticky: cfg.StickyTrust, AsyncWrites: cfg.AsyncBackup,
@@ -466,7 +476,7 @@ func (s *Server) nodes(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	resp := NodesResponse{Instance: s.name, Nodes: []NodeView{}}
 	for _, n := range s.cluster.Status() {
-		resp.Nodes = append(resp.Nodes, NodeView{ID: n.ID, Addr: n.Addr, State: n.State, Failures: n.ConsecutiveFailures})
+		resp.Nodes = append(resp.Nodes, NodeView{ID: n.ID, Addr: n.Addr, State: n.State, Failures: n.ConsecutiveFailures, Draining: n.Draining})
 	}
 	_ = json.NewEncoder(w).Encode(resp)
 }
