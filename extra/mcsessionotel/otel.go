@@ -139,6 +139,12 @@ func (r *Registration) Unregister() error {
 // callback keeps no state, takes each snapshot once per collection and is
 // safe to run concurrently (for several readers). It fails when the
 // MeterProvider refuses an instrument or the callback.
+//
+// The per-node data points follow the cluster's node list, which
+// Cluster.SetNodes may change: a removed node keeps reporting while it
+// drains (mcsession.memcached.node.draining is 1), and a node whose
+// address changed reports its new address's pool and breaker while the
+// old address drains.
 func Register(src Source, opts ...Option) (*Registration, error) {
 	cfg := newConfig(opts)
 	mp := cfg.provider
@@ -178,6 +184,11 @@ func Register(src Source, opts ...Option) (*Registration, error) {
 			metric.WithDescription("State of the node's circuit breaker: 1 for the current state (closed, half-open or open), 0 for the others.")); err != nil {
 			return nil, fmt.Errorf("mcsessionotel: %w", err)
 		}
+		if r.draining, err = m.Int64ObservableGauge("mcsession.memcached.node.draining",
+			metric.WithUnit("1"),
+			metric.WithDescription("1 while the node, or its old address after an address change, is drained after Cluster.SetNodes removed it.")); err != nil {
+			return nil, fmt.Errorf("mcsessionotel: %w", err)
+		}
 	}
 	if src.Manager != nil {
 		if r.http, err = create(m, httpSpecs); err != nil {
@@ -192,7 +203,7 @@ func Register(src Source, opts ...Option) (*Registration, error) {
 	all = observables(all, r.status)
 	all = observables(all, r.http)
 	if r.conns != nil {
-		all = append(all, r.conns, r.breaker)
+		all = append(all, r.conns, r.breaker, r.draining)
 	}
 	if len(all) == 0 {
 		return &Registration{}, nil
@@ -206,17 +217,18 @@ func Register(src Source, opts ...Option) (*Registration, error) {
 
 // registrar holds the instruments of one Register call.
 type registrar struct {
-	src     Source
-	attrs   []attribute.KeyValue
-	common  attribute.Set
-	store   []inst[store.Stats]
-	cache   []inst[store.CacheStats]
-	lock    []inst[lock.Stats]
-	pool    []inst[replica.PoolStats]
-	status  []inst[replica.NodeStatus]
-	http    []inst[httpsession.Stats]
-	conns   metric.Int64Observable // attributes node, state
-	breaker metric.Int64Observable // attributes node, state
+	src      Source
+	attrs    []attribute.KeyValue
+	common   attribute.Set
+	store    []inst[store.Stats]
+	cache    []inst[store.CacheStats]
+	lock     []inst[lock.Stats]
+	pool     []inst[replica.PoolStats]
+	status   []inst[replica.NodeStatus]
+	http     []inst[httpsession.Stats]
+	conns    metric.Int64Observable // attributes node, state
+	breaker  metric.Int64Observable // attributes node, state
+	draining metric.Int64Observable // attribute node
 }
 
 // breakerStates are the states mcsession.memcached.breaker.state reports.
@@ -248,17 +260,16 @@ func (r *registrar) callback(_ context.Context, o metric.Observer) error {
 				attribute.String("node", p.Node), attribute.String("state", "used"))))
 		}
 		seen = seen[:0]
-		for _, n := range cl.Status() {
+		status := cl.Status()
+		for _, n := range status {
 			if !first(&seen, n.ID) {
 				continue
 			}
-			observe(o, r.status, &n, metric.WithAttributeSet(r.set(attribute.String("node", n.ID))))
+			node := metric.WithAttributeSet(r.set(attribute.String("node", n.ID)))
+			observe(o, r.status, &n, node)
+			o.ObserveInt64(r.draining, boolInt(draining(status, n.ID)), node)
 			for _, state := range breakerStates {
-				v := int64(0)
-				if n.State == state {
-					v = 1
-				}
-				o.ObserveInt64(r.breaker, v, metric.WithAttributeSet(r.set(
+				o.ObserveInt64(r.breaker, boolInt(n.State == state), metric.WithAttributeSet(r.set(
 					attribute.String("node", n.ID), attribute.String("state", state))))
 			}
 		}
@@ -275,8 +286,26 @@ func (r *registrar) set(kv ...attribute.KeyValue) attribute.Set {
 	return attribute.NewSet(append(kv, r.attrs...)...)
 }
 
-// first reports whether id is not in *seen yet, and adds it: a node id is
-// reported once per collection even if a snapshot were to list it twice.
+// draining reports whether an entry of status with the given id drains.
+func draining(status []replica.NodeStatus, id string) bool {
+	for _, n := range status {
+		if n.ID == id && n.Draining {
+			return true
+		}
+	}
+	return false
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// first reports whether id is not in *seen yet, and adds it: a node id
+// that a snapshot lists twice (active, and draining at its old address)
+// is reported once per collection, with its active node's values.
 func first(seen *[]string, id string) bool {
 	for _, s := range *seen {
 		if s == id {

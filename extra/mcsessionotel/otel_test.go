@@ -454,3 +454,44 @@ func assertNoError(t *testing.T, err error) bool {
 	}
 	return true
 }
+
+// TestDraining changes the node list of a running cluster: n1 moves to
+// another address and n3 leaves. Every node id keeps one data point per
+// metric (n1's from its new address), and the drained ones say so.
+func TestDraining(t *testing.T) {
+	mc := mcproc.NewCluster(t, 4)
+	nodes, err := replica.ParseNodes(strings.Join([]string{
+		"n1=" + mc.Nodes[0].Addr(), "n2=" + mc.Nodes[1].Addr(), "n3=" + mc.Nodes[2].Addr()}, ","))
+	require.NoError(t, err)
+	cl, err := replica.New(replica.Config{Nodes: nodes, Logger: discard})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cl.Close() })
+	st, err := store.New(store.Config{Cluster: cl, Logger: discard})
+	require.NoError(t, err)
+	collect, _ := reader(t, mcsessionotel.FromStore(st))
+	ctx := context.Background()
+	for range 3 { // a session on each node
+		s, err := st.NewSession(ctx)
+		require.NoError(t, err)
+		require.NoError(t, s.Set("n", 1))
+		require.NoError(t, st.Save(ctx, s))
+	}
+
+	next, err := replica.ParseNodes("n1=" + mc.Nodes[3].Addr() + ",n2=" + mc.Nodes[1].Addr())
+	require.NoError(t, err)
+	_, err = cl.SetNodes(next)
+	require.NoError(t, err)
+	require.Len(t, cl.PoolStats(), 4, "n1 twice, n2, n3")
+
+	ms := collect()
+	for node, want := range map[string]float64{"n1": 1, "n2": 0, "n3": 1} {
+		require.Equal(t, want, value(t, ms, "mcsession.memcached.node.draining", map[string]string{"node": node}), node)
+		require.Equal(t, 1.0, value(t, ms, "mcsession.memcached.node.up", map[string]string{"node": node}), node)
+	}
+	require.Len(t, ms["mcsession.memcached.node.draining"].Data.(metricdata.Gauge[int64]).DataPoints, 3)
+	require.Len(t, ms["mcsession.memcached.round_trips"].Data.(metricdata.Sum[int64]).DataPoints, 3)
+	require.Len(t, ms["mcsession.memcached.round_trip.duration"].Data.(metricdata.Histogram[float64]).DataPoints, 3)
+	require.Zero(t, value(t, ms, "mcsession.memcached.round_trips", map[string]string{"node": "n1"}),
+		"n1's data points are its new address's, which got nothing yet")
+	require.Zero(t, hist(t, ms, "mcsession.memcached.round_trip.duration", map[string]string{"node": "n1"}).Count)
+}

@@ -29,6 +29,8 @@ import (
 //
 // Its data points are cumulative, whatever temporality the reader's
 // exporter asks for; their start time is when NewProducer was called. A
+// node id listed twice by the cluster (active, and draining at its old
+// address after Cluster.SetNodes) gets its active node's histogram. A
 // Producer keeps no state beyond that and is safe for concurrent use.
 type Producer struct {
 	src   Source

@@ -95,19 +95,26 @@ func WithConstLabels(l prometheus.Labels) Option {
 // produce, so a registry checks the Collector; the cache metrics are
 // described always but collected only for a sticky-mode store. A Collector
 // of an empty Source describes and collects nothing.
+//
+// The per-node series follow the cluster's node list, which
+// Cluster.SetNodes may change: a removed node keeps its series while it
+// drains (mcsession_memcached_node_draining is 1), and a node whose
+// address changed is reported with its new address's pool and breaker
+// while the old address drains (mcsession_memcached_node_info shows both).
 type Collector struct {
-	src     Source
-	storeM  []family[store.Stats]
-	storeH  []histFamily[store.Stats]
-	cacheM  []family[store.CacheStats]
-	lockM   []family[lock.Stats]
-	lockH   []histFamily[lock.Stats]
-	poolM   []family[replica.PoolStats]
-	poolH   []histFamily[replica.PoolStats]
-	statusM []family[replica.NodeStatus]
-	breaker *prometheus.Desc // labels node, state
-	info    *prometheus.Desc // labels node, addr
-	httpM   []family[httpsession.Stats]
+	src      Source
+	storeM   []family[store.Stats]
+	storeH   []histFamily[store.Stats]
+	cacheM   []family[store.CacheStats]
+	lockM    []family[lock.Stats]
+	lockH    []histFamily[lock.Stats]
+	poolM    []family[replica.PoolStats]
+	poolH    []histFamily[replica.PoolStats]
+	statusM  []family[replica.NodeStatus]
+	breaker  *prometheus.Desc // labels node, state
+	info     *prometheus.Desc // labels node, addr
+	draining *prometheus.Desc // label node
+	httpM    []family[httpsession.Stats]
 }
 
 // NewCollector returns a Collector of src's metrics, to register with a
@@ -133,7 +140,12 @@ func NewCollector(src Source, opts ...Option) *Collector {
 		c.breaker = b.desc("memcached_breaker_state",
 			"State of the node's circuit breaker: 1 for the current state (closed, half-open or open), 0 for the others.",
 			[]string{"node", "state"})
-		c.info = b.desc("memcached_node_info", "Always 1: the address of each memcached node.", []string{"node", "addr"})
+		c.info = b.desc("memcached_node_info",
+			"Always 1: the address of each memcached node (two while a node whose address changed drains its old one).",
+			[]string{"node", "addr"})
+		c.draining = b.desc("memcached_node_draining",
+			"1 while the node, or its old address after an address change, is drained after Cluster.SetNodes removed it.",
+			[]string{"node"})
 	}
 	if src.Manager != nil {
 		c.httpM = build(b, httpSpecs, nil)
@@ -157,6 +169,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	if c.breaker != nil {
 		ch <- c.breaker
 		ch <- c.info
+		ch <- c.draining
 	}
 	describe(ch, c.httpM)
 }
@@ -177,6 +190,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		collectHist(ch, c.lockH, &s)
 	}
 	if cl := c.src.Cluster; cl != nil {
+		// Active nodes come first in both lists: an id that is also
+		// draining (its old address) is reported with its active node's
+		// pool and breaker.
 		var seen []string
 		for _, p := range cl.PoolStats() {
 			if !first(&seen, p.Node) {
@@ -186,7 +202,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			collectHist(ch, c.poolH, &p, p.Node)
 		}
 		seen = seen[:0]
-		for _, n := range cl.Status() {
+		var seenAddr []string
+		status := cl.Status()
+		for _, n := range status {
+			if first(&seenAddr, n.ID+"="+n.Addr) {
+				ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, n.ID, n.Addr)
+			}
 			if !first(&seen, n.ID) {
 				continue
 			}
@@ -194,7 +215,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			for _, state := range breakerStates {
 				ch <- prometheus.MustNewConstMetric(c.breaker, prometheus.GaugeValue, boolValue(n.State == state), n.ID, state)
 			}
-			ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, n.ID, n.Addr)
+			ch <- prometheus.MustNewConstMetric(c.draining, prometheus.GaugeValue, boolValue(draining(status, n.ID)), n.ID)
 		}
 	}
 	if m := c.src.Manager; m != nil {
@@ -203,9 +224,20 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// first reports whether id is not in *seen yet, and adds it: a node's
-// series are sent once per scrape even if a snapshot were to list its id
-// twice (a registry fails the whole scrape on a duplicate series).
+// draining reports whether an entry of status with the given id drains.
+func draining(status []replica.NodeStatus, id string) bool {
+	for _, n := range status {
+		if n.ID == id && n.Draining {
+			return true
+		}
+	}
+	return false
+}
+
+// first reports whether id is not in *seen yet, and adds it: a node id
+// that a snapshot lists twice (active, and draining at its old address)
+// gets its series once (a registry fails the whole scrape on a duplicate
+// series).
 func first(seen *[]string, id string) bool {
 	for _, s := range *seen {
 		if s == id {

@@ -7,6 +7,7 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -407,4 +408,55 @@ func assertNoError(t *testing.T, err error) bool {
 		return false
 	}
 	return true
+}
+
+// TestCollectorDraining changes the node list of a running cluster: n1
+// moves to another address and n3 leaves. Every node id keeps one set of
+// series (n1's from its new address), the drained ones say so, and the
+// scrape does not fail on n1 being listed twice.
+func TestCollectorDraining(t *testing.T) {
+	mc := mcproc.NewCluster(t, 4)
+	nodes, err := replica.ParseNodes(strings.Join([]string{
+		"n1=" + mc.Nodes[0].Addr(), "n2=" + mc.Nodes[1].Addr(), "n3=" + mc.Nodes[2].Addr()}, ","))
+	require.NoError(t, err)
+	cl, err := replica.New(replica.Config{Nodes: nodes, Logger: discard})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cl.Close() })
+	st, err := store.New(store.Config{Cluster: cl, Logger: discard})
+	require.NoError(t, err)
+	ctx := context.Background()
+	for range 3 { // a session on each node
+		s, err := st.NewSession(ctx)
+		require.NoError(t, err)
+		require.NoError(t, s.Set("n", 1))
+		require.NoError(t, st.Save(ctx, s))
+	}
+
+	moved := "n1=" + mc.Nodes[3].Addr()
+	next, err := replica.ParseNodes(moved + ",n2=" + mc.Nodes[1].Addr())
+	require.NoError(t, err)
+	_, err = cl.SetNodes(next)
+	require.NoError(t, err)
+
+	mfs := gather(t, mcsessionprom.NewCollector(mcsessionprom.FromStore(st)))
+	for node, want := range map[string]float64{"n1": 1, "n2": 0, "n3": 1} {
+		require.Equal(t, want, value(t, mfs, "mcsession_memcached_node_draining", map[string]string{"node": node}), node)
+		require.Equal(t, 1.0, value(t, mfs, "mcsession_memcached_node_up", map[string]string{"node": node}), node)
+	}
+	require.Len(t, mfs["mcsession_memcached_node_up"].GetMetric(), 3)
+	require.Len(t, mfs["mcsession_memcached_round_trips_total"].GetMetric(), 3)
+	require.Len(t, mfs["mcsession_memcached_node_info"].GetMetric(), 4, "n1 at both addresses")
+	value(t, mfs, "mcsession_memcached_node_info", map[string]string{"node": "n1", "addr": mc.Nodes[0].Addr()})
+	value(t, mfs, "mcsession_memcached_node_info", map[string]string{"node": "n1", "addr": mc.Nodes[3].Addr()})
+	active := 0
+	for _, p := range cl.PoolStats() {
+		if p.Node == "n1" && !p.Draining {
+			active++
+			require.Equal(t, float64(p.RoundTrips), value(t, mfs, "mcsession_memcached_round_trips_total", map[string]string{"node": "n1"}),
+				"n1's series are its new address's")
+			require.Equal(t, uint64(0), p.RoundTrips, "nothing sent to the new address yet")
+		}
+	}
+	require.Equal(t, 1, active)
+	require.Len(t, cl.PoolStats(), 4, "n1 twice, n2, n3")
 }
