@@ -12,6 +12,9 @@
 //	POST   /api/login            renews the session id, keeps the data
 //	POST   /api/logout           destroys the session
 //	GET    /api/nodes            this server's view of the memcached nodes
+//	GET    /api/stats            the session layer's counters (JSON)
+//	GET    /metrics              the same and more in the Prometheus text format
+//	GET    /readyz               readiness: 200 while a memcached node answers, else 503
 //	GET    /static/...           static files, no session work
 //	GET    /healthz              200 while the server is up
 //
@@ -252,6 +255,7 @@ func New(cfg Config) (*Server, error) {
 			regexp.MustCompile(`^/api/nodes$`),
 			regexp.MustCompile(`^/api/stats$`),
 			regexp.MustCompile(`^/readyz$`),
+			regexp.MustCompile(`^/metrics$`),
 		},
 		Logger:  cfg.Logger,
 		Cluster: replica.Config{DrainTimeout: cmp.Or(cfg.DrainTimeout, cfg.IdleTimeout)},
@@ -282,6 +286,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("GET /api/nodes", s.nodes)
 	mux.HandleFunc("GET /api/stats", s.stats)
 	mux.Handle("GET /readyz", m.ReadinessHandler())
+	mux.Handle("GET /metrics", metricsHandler(m))
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(InstanceHeader, s.name)
