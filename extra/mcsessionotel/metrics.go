@@ -50,6 +50,7 @@ var storeSpecs = []spec[store.Stats]{
 	{"mcsession.session.conflicts", "{conflict}", "Saves refused with ErrConflict: the session was saved by someone else since it was loaded.", counter, func(s *store.Stats) int64 { return i(s.Conflicts) }, nil},
 	{"mcsession.session.restores", "{restore}", "Sessions copied back from their backup to a primary node that had restarted empty.", counter, func(s *store.Stats) int64 { return i(s.Restores) }, nil},
 	{"mcsession.session.relocations", "{relocation}", "Sessions moved to a new primary node (new id) after their node failed.", counter, func(s *store.Stats) int64 { return i(s.Relocations) }, nil},
+	{"mcsession.session.drained", "{session}", "Sessions moved off a node removed from the node list (also in relocations), or copied to a node's new address.", counter, func(s *store.Stats) int64 { return i(s.Drained) }, nil},
 	{"mcsession.session.corrupt_records", "{record}", "Stored session records that did not decode (treated as not found).", counter, func(s *store.Stats) int64 { return i(s.Corrupt) }, nil},
 	{"mcsession.session.backup_failures", "{failure}", "Backup-copy writes that failed.", counter, func(s *store.Stats) int64 { return i(s.BackupFailures) }, nil},
 	{"mcsession.session.single_copy_saves", "{save}", "Saves acknowledged with the session on one node only, no second node being usable.", counter, func(s *store.Stats) int64 { return i(s.SingleCopySaves) }, nil},

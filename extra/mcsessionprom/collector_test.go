@@ -425,11 +425,13 @@ func TestCollectorDraining(t *testing.T) {
 	st, err := store.New(store.Config{Cluster: cl, Logger: discard})
 	require.NoError(t, err)
 	ctx := context.Background()
+	var ids []string
 	for range 3 { // a session on each node
 		s, err := st.NewSession(ctx)
 		require.NoError(t, err)
 		require.NoError(t, s.Set("n", 1))
 		require.NoError(t, st.Save(ctx, s))
+		ids = append(ids, s.ID())
 	}
 
 	moved := "n1=" + mc.Nodes[3].Addr()
@@ -459,4 +461,14 @@ func TestCollectorDraining(t *testing.T) {
 	}
 	require.Equal(t, 1, active)
 	require.Len(t, cl.PoolStats(), 4, "n1 twice, n2, n3")
+
+	// Loading the sessions moves n3's off it and copies n1's to its new
+	// address: two drained.
+	require.Zero(t, value(t, mfs, "mcsession_session_drained_total", nil))
+	for _, id := range ids {
+		_, err := st.Load(ctx, id)
+		require.NoError(t, err)
+	}
+	mfs = gather(t, mcsessionprom.NewCollector(mcsessionprom.FromStore(st)))
+	require.Equal(t, 2.0, value(t, mfs, "mcsession_session_drained_total", nil))
 }

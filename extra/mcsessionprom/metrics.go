@@ -39,6 +39,7 @@ var storeSpecs = []spec[store.Stats]{
 	{"session_conflicts_total", "Saves refused with ErrConflict: the session was saved by someone else since it was loaded.", counter, func(s *store.Stats) float64 { return u(s.Conflicts) }},
 	{"session_restores_total", "Sessions copied back from their backup to a primary node that had restarted empty.", counter, func(s *store.Stats) float64 { return u(s.Restores) }},
 	{"session_relocations_total", "Sessions moved to a new primary node (new id) after their node failed.", counter, func(s *store.Stats) float64 { return u(s.Relocations) }},
+	{"session_drained_total", "Sessions moved off a node removed from the node list (also in relocations), or copied to a node's new address.", counter, func(s *store.Stats) float64 { return u(s.Drained) }},
 	{"session_corrupt_records_total", "Stored session records that did not decode (treated as not found).", counter, func(s *store.Stats) float64 { return u(s.Corrupt) }},
 	{"session_backup_failures_total", "Backup-copy writes that failed.", counter, func(s *store.Stats) float64 { return u(s.BackupFailures) }},
 	{"session_single_copy_saves_total", "Saves acknowledged with the session on one node only, no second node being usable.", counter, func(s *store.Stats) float64 { return u(s.SingleCopySaves) }},
