@@ -10,8 +10,32 @@
 //	GET  /demo/state?id=ID        nodes, apps and the placement of session ID
 //	POST /demo/nodes/{id}/stop    stop a memcached node (SIGTERM)
 //	POST /demo/nodes/{id}/kill    kill a memcached node (SIGKILL, a crash)
+//	POST /demo/nodes/{id}/pause   hang a memcached node (SIGSTOP: it keeps
+//	                              its data and port and answers nothing)
+//	POST /demo/nodes/{id}/resume  continue a paused node (SIGCONT)
 //	POST /demo/nodes/{id}/start   restart a stopped node (empty, same address)
+//	POST /demo/load/start?users=N start the load generator (default 20 users)
+//	POST /demo/load/stop          stop it; answers after its final read
+//	GET  /demo/load               the load's time series and counters (LoadState)
+//	GET  /demo/metrics            every app's and node's main metrics (Metrics)
 //	anything else                 proxied round robin to the app servers
+//
+// # Load
+//
+// The load generator runs inside the demo process and sends its requests
+// to the demo's own proxy, as browsers would. Each virtual user has its own
+// cookie jar, hence its own session, and repeats: increment its own counter
+// (POST /api/counter), increment the shared counter (the same request with
+// the one cookie jar every virtual user shares), and once a second read its
+// own counter back (GET /api/session). The demo reads the shared counter
+// once a second as well. An increment is acknowledged when it is answered
+// 200; each counter must hold exactly its acknowledged increments. When the
+// load stops (POST /demo/load/stop, Config.LoadMaxDuration, or Close), the
+// virtual users finish their current request, the demo waits for the apps'
+// queued writes and reads every counter a last time (LoadResult). The page
+// draws the requests per second, the 409 and 503 answers per second and
+// acknowledged against stored increments, and shows which node is the
+// shared counter's primary, to kill or pause it while the load runs.
 //
 // # Sticky variant
 //
@@ -171,6 +195,12 @@ type Config struct {
 	// AsyncBackup gives the apps -async-backup (writes queued after the
 	// response: the backup copy, or with Sticky the whole write).
 	AsyncBackup bool
+	// LoadMaxDuration bounds a run of the load generator: it stops by
+	// itself after that long. Default DefaultLoadMaxDuration (10 min).
+	LoadMaxDuration time.Duration
+	// LoadThink is each virtual user's pause between two rounds of
+	// increments. Default DefaultLoadThink (10 ms); negative for none.
+	LoadThink time.Duration
 }
 
 // Demo is a running demo. Close it to stop every child process.
@@ -189,11 +219,15 @@ type Demo struct {
 	srv       *http.Server
 	next      atomic.Uint64   // round-robin position of the proxy
 	hc        *http.Client    // probes of the apps
-	transport *http.Transport // the sticky proxy's; nil in round-robin mode
+	transport *http.Transport // the proxy's
+	load      *loadGen
 
-	mu    sync.Mutex
-	views map[string]map[string]string     // app name -> node id -> breaker state
-	stats map[string]*server.StatsResponse // app name -> its /api/stats (sticky mode)
+	mu      sync.Mutex
+	views   map[string]map[string]string     // app name -> node id -> breaker state
+	stats   map[string]*server.StatsResponse // app name -> its /api/stats
+	appWin  map[string]*recent               // app name -> its load and save latencies
+	nodeWin map[string]*recent               // node id -> the demo's probe round trips
+	paused  map[string]bool                  // node id -> paused from the page
 
 	probe     chan struct{} // asks the poller for an immediate round
 	stopPoll  context.CancelFunc
@@ -210,6 +244,8 @@ type NodeState struct {
 	Addr string `json:"addr"`
 	// Running reports whether the node's memcached process is alive.
 	Running bool `json:"running"`
+	// Paused reports a running node paused from the page (SIGSTOP).
+	Paused bool `json:"paused"`
 	// Breaker is the node's breaker state in the demo's own
 	// replica.Cluster: "closed", "half-open" or "open".
 	Breaker string `json:"breaker"`
@@ -355,6 +391,12 @@ func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.LoadMaxDuration <= 0 {
+		cfg.LoadMaxDuration = DefaultLoadMaxDuration
+	}
+	if cfg.LoadThink == 0 {
+		cfg.LoadThink = DefaultLoadThink
+	}
 	if cfg.Nodes < 2 || cfg.Apps < 1 || cfg.PollInterval < 0 {
 		return nil, fmt.Errorf("demo: need at least 2 nodes and 1 app (got %d and %d)", cfg.Nodes, cfg.Apps)
 	}
@@ -373,6 +415,9 @@ func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 		hc:       &http.Client{Timeout: probeTimeout},
 		views:    map[string]map[string]string{},
 		stats:    map[string]*server.StatsResponse{},
+		appWin:   map[string]*recent{},
+		nodeWin:  map[string]*recent{},
+		paused:   map[string]bool{},
 		probe:    make(chan struct{}, 1),
 		pollDone: make(chan struct{}),
 		page:     page,
@@ -380,8 +425,13 @@ func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 	}
 	if cfg.Sticky {
 		d.page = strings.Replace(page, "<body>", `<body class="sticky">`, 1)
-		d.transport = http.DefaultTransport.(*http.Transport).Clone()
 	}
+	// Enough idle connections to the apps for the load's virtual users:
+	// http.DefaultTransport keeps 2 per app and would open (and leave in
+	// TIME_WAIT) a connection for nearly every proxied request.
+	d.transport = http.DefaultTransport.(*http.Transport).Clone()
+	d.transport.MaxIdleConns = 2*MaxLoadUsers + 8
+	d.transport.MaxIdleConnsPerHost = 2*MaxLoadUsers + 8
 	defer func() {
 		if err != nil {
 			if cerr := d.Close(); cerr != nil {
@@ -394,6 +444,7 @@ func Start(ctx context.Context, cfg Config) (d *Demo, err error) {
 	if d.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return d, fmt.Errorf("demo: listen (choose another address with -listen): %w", err)
 	}
+	d.load = newLoadGen(d)
 	d.bin = cfg.AppBinary
 	if d.bin == "" {
 		if d.tmpDir, err = os.MkdirTemp("", "mcsession-demo-"); err != nil {
@@ -524,6 +575,9 @@ func (d *Demo) app(name string) *appSlot {
 func (d *Demo) Close() error {
 	d.closeOnce.Do(func() {
 		var errs []error
+		if d.load != nil {
+			d.load.close() // its virtual users talk to the proxy: first
+		}
 		if d.srv != nil {
 			// Requests still in flight after shutdownTimeout (a browser
 			// tab) are cut off: the demo stops either way.
@@ -568,6 +622,9 @@ func (d *Demo) Close() error {
 		if d.mc != nil {
 			errs = append(errs, parallel(len(d.mc.Nodes), func(i int) error {
 				n := d.mc.Nodes[i]
+				if d.isPaused(n.ID) {
+					_ = resumeNode(n) // a SIGTERM would wait for SIGCONT
+				}
 				if !n.Running() { // stopped from the page
 					d.log.Info("memcached node already stopped", "node", n.ID, "addr", n.Addr())
 					return nil
@@ -621,8 +678,9 @@ func (d *Demo) poll(ctx context.Context) {
 }
 
 // pollOnce pings every node through the demo's cluster (a meta no-op; a
-// refused connection counts against the node's breaker) and
-// reads every app's breaker view from its GET /api/nodes.
+// refused connection counts against the node's breaker), reads every
+// app's breaker view from its GET /api/nodes and its counters from its
+// GET /api/stats.
 func (d *Demo) pollOnce(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
@@ -637,18 +695,15 @@ func (d *Demo) pollOnce(ctx context.Context) {
 	views := make([]map[string]string, len(d.apps))
 	stats := make([]*server.StatsResponse, len(d.apps))
 	for i, s := range d.apps {
-		wg.Add(1)
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
 			views[i] = d.appView(ctx, s)
 		}()
-		if d.cfg.Sticky {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				stats[i] = d.appStats(ctx, s)
-			}()
-		}
+		go func() {
+			defer wg.Done()
+			stats[i] = d.appStats(ctx, s)
+		}()
 	}
 	wg.Wait()
 	d.mu.Lock()
@@ -657,6 +712,7 @@ func (d *Demo) pollOnce(ctx context.Context) {
 		d.views[s.name] = views[i]
 		d.stats[s.name] = stats[i]
 	}
+	d.recordLatencies(time.Now(), stats)
 }
 
 // getJSON decodes the JSON answer of GET url into v and reports whether
@@ -725,6 +781,7 @@ func (d *Demo) state(id, pinned string) State {
 	d.mu.Lock()
 	for _, n := range d.mc.Nodes {
 		ns := NodeState{ID: n.ID, Addr: n.Addr(), Running: n.Running(), Breaker: breakers[n.ID], Apps: map[string]string{}}
+		ns.Paused = ns.Running && d.paused[n.ID]
 		for _, s := range d.apps {
 			ns.Apps[s.name] = d.views[s.name][n.ID]
 		}
@@ -779,7 +836,16 @@ func (d *Demo) handler() http.Handler {
 		writeJSON(w, http.StatusOK, d.state(r.URL.Query().Get("id"), pinned(r)))
 	})
 	mux.HandleFunc("POST /demo/nodes/{id}/{action}", d.nodeAction)
-	notFound := "not found: the demo serves GET /demo/state and POST /demo/nodes/{id}/stop|kill|start"
+	mux.HandleFunc("POST /demo/load/start", d.loadStart)
+	mux.HandleFunc("POST /demo/load/stop", d.loadStop)
+	mux.HandleFunc("GET /demo/load", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.load.state())
+	})
+	mux.HandleFunc("GET /demo/metrics", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.metrics())
+	})
+	notFound := "not found: the demo serves GET /demo/state, GET /demo/load, GET /demo/metrics, " +
+		"POST /demo/nodes/{id}/stop|kill|pause|resume|start and POST /demo/load/start|stop"
 	if d.cfg.Sticky {
 		mux.HandleFunc("POST /demo/apps/{name}/{action}", d.appAction)
 		notFound += " and POST /demo/apps/{name}/stop|kill|start"
@@ -806,9 +872,22 @@ func (d *Demo) nodeAction(w http.ResponseWriter, r *http.Request) {
 	var err error
 	switch action {
 	case "stop":
+		if d.isPaused(id) {
+			_ = resumeNode(n) // a SIGTERM would wait for SIGCONT
+		}
 		err = n.Stop()
 	case "kill":
 		err = n.Kill()
+	case "pause":
+		if n.Running() && !d.isPaused(id) {
+			if err = pauseNode(n); err == nil {
+				d.setPaused(id, true)
+			}
+		}
+	case "resume":
+		if d.isPaused(id) {
+			err = resumeNode(n)
+		}
 	case "start":
 		if !n.Running() {
 			ctx, cancel := context.WithTimeout(r.Context(), nodeStartTimeout)
@@ -816,10 +895,16 @@ func (d *Demo) nodeAction(w http.ResponseWriter, r *http.Request) {
 			cancel()
 		}
 	default:
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no action " + strconv.Quote(action) + " (stop, kill or start)"})
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no action " + strconv.Quote(action) + " (stop, kill, pause, resume or start)"})
 		return
 	}
+	if action != "pause" && (err == nil || !n.Running()) {
+		d.setPaused(id, false) // resumed, or gone
+	}
 	d.log.Info("node "+action, "node", id, "err", err)
+	if err == nil {
+		d.load.mark(action + " " + id)
+	}
 	d.probeSoon()
 	if err != nil {
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
@@ -868,6 +953,9 @@ func (d *Demo) appAction(w http.ResponseWriter, r *http.Request) {
 	}
 	p, _ = s.current()
 	d.log.Info("app server "+action, "name", name, "pid", p.Pid(), "err", err)
+	if err == nil {
+		d.load.mark(action + " " + name)
+	}
 	// Connections to a stopped app would fail the next request sent on
 	// them; the next request to a restarted app opens a new one anyway.
 	d.transport.CloseIdleConnections()
@@ -1007,6 +1095,7 @@ func (d *Demo) proxy() http.Handler {
 		targets[i] = s.target
 	}
 	return &httputil.ReverseProxy{
+		Transport: d.transport,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			t := targets[(d.next.Add(1)-1)%uint64(len(targets))]
 			pr.SetURL(t)
@@ -1018,6 +1107,20 @@ func (d *Demo) proxy() http.Handler {
 		},
 		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
 	}
+}
+
+// isPaused reports whether node id was paused from the page.
+func (d *Demo) isPaused(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.paused[id]
+}
+
+// setPaused records whether node id is paused.
+func (d *Demo) setPaused(id string, paused bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.paused[id] = paused
 }
 
 // writeJSON answers v as JSON with the given status.
