@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/mcsession/mcsession/latency"
 )
 
 // Local is an in-process lock per key, the session lock of sticky mode:
@@ -17,6 +20,9 @@ type Local struct {
 
 	mu   sync.Mutex
 	keys map[string]*localKey
+
+	acquired, waited, waitNanos, timeouts, released atomic.Uint64
+	acquireLatency                                 latency.Histogram
 }
 
 // localKey is the state of one key: a token channel of capacity one
@@ -48,6 +54,7 @@ type LocalLock struct {
 // it. It returns an error wrapping ErrLockTimeout when the wait timeout
 // passed, and ctx's error when ctx ended first.
 func (l *Local) Acquire(ctx context.Context, key string) (*LocalLock, error) {
+	defer l.acquireLatency.Since(time.Now())
 	l.mu.Lock()
 	k := l.keys[key]
 	if k == nil {
@@ -63,9 +70,13 @@ func (l *Local) Acquire(ctx context.Context, key string) (*LocalLock, error) {
 	}
 	select {
 	case k.token <- struct{}{}:
+		l.acquired.Add(1)
 		return &LocalLock{l: l, key: key, k: k}, nil
 	default:
 	}
+	l.waited.Add(1)
+	start := time.Now()
+	defer func() { l.waitNanos.Add(uint64(time.Since(start))) }()
 	wait := l.wait
 	if d, ok := ctx.Value(waitKey{}).(time.Duration); ok && d > 0 {
 		wait = d
@@ -74,9 +85,11 @@ func (l *Local) Acquire(ctx context.Context, key string) (*LocalLock, error) {
 	defer timer.Stop()
 	select {
 	case k.token <- struct{}{}:
+		l.acquired.Add(1)
 		return &LocalLock{l: l, key: key, k: k}, nil
 	case <-timer.C:
 		l.unref(key, k)
+		l.timeouts.Add(1)
 		return nil, fmt.Errorf("%w: %s (held in this process for over %v)", ErrLockTimeout, key, wait)
 	case <-ctx.Done():
 		l.unref(key, k)
@@ -100,6 +113,15 @@ func (l *Local) Held() int {
 	return len(l.keys)
 }
 
+// Stats returns the lock's event counts, as Locker.Stats does for the
+// memcached lock; Renewals and Lost are always zero in process.
+func (l *Local) Stats() Stats {
+	return Stats{
+		Acquired: l.acquired.Load(), Waited: l.waited.Load(), WaitTime: time.Duration(l.waitNanos.Load()),
+		Timeouts: l.timeouts.Load(), Released: l.released.Load(), AcquireLatency: l.acquireLatency.Snapshot(),
+	}
+}
+
 // Key returns the locked key.
 func (lk *LocalLock) Key() string { return lk.key }
 
@@ -107,6 +129,7 @@ func (lk *LocalLock) Key() string { return lk.key }
 func (lk *LocalLock) Release() {
 	lk.once.Do(func() {
 		<-lk.k.token
+		lk.l.released.Add(1)
 		lk.l.unref(lk.key, lk.k)
 	})
 }

@@ -75,4 +75,13 @@ func TestLocalTimeoutAndContext(t *testing.T) {
 	held.Release()
 	require.NoError(t, <-done, "a waiter gets the lock once it is released")
 	require.Zero(t, l.Held())
+
+	st := l.Stats()
+	require.Equal(t, uint64(3), st.Acquired, "held, other, the waiter")
+	require.Equal(t, uint64(2), st.Timeouts)
+	require.Equal(t, uint64(3), st.Released)
+	require.Contains(t, []uint64{2, 3}, st.Waited, "the two timeouts, and the waiter unless it came after the release")
+	require.Positive(t, st.WaitTime)
+	require.Equal(t, uint64(7), st.AcquireLatency.Count, "every Acquire call, failures included")
+	require.Zero(t, st.Renewals+st.Lost)
 }

@@ -41,9 +41,9 @@ type Source struct {
 	// store, the cache's (mcsession_cache_…).
 	Store *store.Store
 	// Locker gives the session lock's counters and wait latency
-	// (mcsession_lock_…). A sticky-mode store locks in process and leaves
-	// these at zero.
-	Locker *lock.Locker
+	// (mcsession_lock_…): a *lock.Locker, a *lock.Local, or (FromStore) the
+	// lock the store uses, in process in sticky mode.
+	Locker LockSource
 	// Cluster gives the per-node connection pool, round-trip latency and
 	// circuit breaker metrics (mcsession_memcached_…, label "node").
 	Cluster *replica.Cluster
@@ -57,11 +57,24 @@ func FromManager(m *httpsession.Manager) Source {
 	return src
 }
 
-// FromStore returns the Source of st, its locker and its cluster, without
-// the HTTP middleware's counters.
+// FromStore returns the Source of st, its lock (Store.LockStats) and its
+// cluster, without the HTTP middleware's counters.
 func FromStore(st *store.Store) Source {
-	return Source{Store: st, Locker: st.Locker(), Cluster: st.Cluster()}
+	return Source{Store: st, Locker: storeLock{st}, Cluster: st.Cluster()}
 }
+
+// LockSource is what Source.Locker reads: *lock.Locker and *lock.Local
+// are ones.
+type LockSource interface {
+	// Stats returns the lock's statistics.
+	Stats() lock.Stats
+}
+
+// storeLock is the LockSource of a store: the lock it uses.
+type storeLock struct{ st *store.Store }
+
+// Stats returns the store's lock statistics.
+func (l storeLock) Stats() lock.Stats { return l.st.LockStats() }
 
 // Option configures a Collector.
 type Option func(*options)

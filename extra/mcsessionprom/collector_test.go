@@ -261,6 +261,9 @@ func TestCollectorSticky(t *testing.T) {
 	require.NoError(t, err)
 	_, err = st.Load(ctx, s.ID()+"x") // malformed: no lookup
 	require.ErrorIs(t, err, store.ErrNotFound)
+	locked, err := st.LoadLocked(ctx, s.ID()) // the in-process lock
+	require.NoError(t, err)
+	require.NoError(t, st.Release(ctx, locked))
 
 	c := mcsessionprom.NewCollector(mcsessionprom.FromStore(st), mcsessionprom.WithConstLabels(prometheus.Labels{"app": "a"}))
 	mfs := gather(t, c)
@@ -270,7 +273,9 @@ func TestCollectorSticky(t *testing.T) {
 		"mcsession_cache_bytes":                  float64(cs.Bytes),
 		"mcsession_cache_max_bytes":              1 << 20,
 		"mcsession_cache_unwritten_sessions":     0,
-		"mcsession_cache_hits_total":             1,
+		"mcsession_cache_hits_total":             2,
+		"mcsession_lock_acquired_total":          1,
+		"mcsession_lock_released_total":          1,
 		"mcsession_cache_misses_total":           0,
 		"mcsession_cache_evictions_total":        0,
 		"mcsession_async_writes_queued_total":    1,
