@@ -22,7 +22,7 @@ type Local struct {
 	keys map[string]*localKey
 
 	acquired, waited, waitNanos, timeouts, released atomic.Uint64
-	acquireLatency                                 latency.Histogram
+	acquireLatency                                  latency.Histogram
 }
 
 // localKey is the state of one key: a token channel of capacity one
