@@ -44,9 +44,15 @@ type Record struct {
 	// A nil value is written as an empty byte string. DecodeRecord always
 	// returns a non-nil map.
 	Attrs map[string][]byte
+	// User is the id of the user the session is linked to (see
+	// store.Session.SetUser); "" for none. It is written as an optional 8th
+	// envelope item only when set, so a record without a user has the same
+	// 7-item bytes as before users existed. It must be valid UTF-8.
+	User string
 }
 
-// envelope is the wire shape of a Record: a CBOR array of 7 items.
+// envelope is the wire shape of a Record without a user: a CBOR array of
+// 7 items.
 type envelope struct {
 	_        struct{} `cbor:",toarray"`
 	Format   uint64
@@ -56,6 +62,20 @@ type envelope struct {
 	Idle     uint64
 	Version  uint64
 	Attrs    map[string][]byte
+}
+
+// envelopeUser is the wire shape of a Record with a user: the 7 items of
+// envelope and the user id as an 8th, a text string.
+type envelopeUser struct {
+	_        struct{} `cbor:",toarray"`
+	Format   uint64
+	Codec    string
+	Created  int64
+	Deadline int64
+	Idle     uint64
+	Version  uint64
+	Attrs    map[string][]byte
+	User     string
 }
 
 // Envelope decoding limits.
@@ -125,6 +145,9 @@ func EncodeRecord(c Codec, r *Record) ([]byte, error) {
 			return nil, fmt.Errorf("codec: encode record: attribute name %q is not valid UTF-8", name)
 		}
 	}
+	if !utf8.ValidString(r.User) {
+		return nil, fmt.Errorf("codec: encode record: user %q is not valid UTF-8", r.User)
+	}
 	env := envelope{
 		Format:   FormatVersion,
 		Codec:    c.Name(),
@@ -134,7 +157,12 @@ func EncodeRecord(c Codec, r *Record) ([]byte, error) {
 		Version:  r.Version,
 		Attrs:    r.Attrs,
 	}
-	b, err := envEnc.Marshal(&env)
+	var v any = &env
+	if r.User != "" {
+		v = &envelopeUser{Format: env.Format, Codec: env.Codec, Created: env.Created, Deadline: env.Deadline,
+			Idle: env.Idle, Version: env.Version, Attrs: env.Attrs, User: r.User}
+	}
+	b, err := envEnc.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("codec: encode record: %w", err)
 	}
@@ -149,6 +177,8 @@ func EncodeRecord(c Codec, r *Record) ([]byte, error) {
 // codec whose name is not c.Name() an error wrapping ErrCodecMismatch.
 // Duplicate attribute names, more than 65536 attributes, null attribute
 // values, indefinite lengths, tags and trailing bytes are rejected as corrupt.
+// Both shapes are read: the 7-item envelope, and the 8-item envelope whose
+// last item is the user id (a text string).
 func DecodeRecord(c Codec, data []byte) (*Record, error) {
 	if c == nil {
 		return nil, errors.New("codec: decode record: nil Codec")
@@ -159,7 +189,16 @@ func DecodeRecord(c Codec, data []byte) (*Record, error) {
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrFormat, v, FormatVersion)
 	}
 	var env envelope
-	if err := envDec.Unmarshal(data, &env); err != nil {
+	var user string
+	if n, ok := arrayLen(data); ok && n == 8 { // with a user
+		var eu envelopeUser
+		if err := envDec.Unmarshal(data, &eu); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+		env = envelope{Format: eu.Format, Codec: eu.Codec, Created: eu.Created, Deadline: eu.Deadline,
+			Idle: eu.Idle, Version: eu.Version, Attrs: eu.Attrs}
+		user = eu.User
+	} else if err := envDec.Unmarshal(data, &env); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	if env.Format != FormatVersion { // unreachable after peekFormat; kept as a guard
@@ -185,6 +224,7 @@ func DecodeRecord(c Codec, data []byte) (*Record, error) {
 		IdleTimeout: time.Duration(env.Idle) * time.Millisecond,
 		Version:     env.Version,
 		Attrs:       env.Attrs,
+		User:        user,
 	}, nil
 }
 
@@ -225,6 +265,24 @@ func peekFormat(data []byte) (uint64, bool) {
 		for _, b := range data[1:m] {
 			v = v<<8 | uint64(b)
 		}
+	}
+	return v, true
+}
+
+// arrayLen returns the number of items of the CBOR array data starts
+// with (a definite length, in any head size).
+func arrayLen(data []byte) (uint64, bool) {
+	const majorArray = 4
+	n, ok := headLen(data, majorArray)
+	if !ok || data[0]&0x1f == 31 {
+		return 0, false
+	}
+	if n == 1 {
+		return uint64(data[0] & 0x1f), true
+	}
+	var v uint64
+	for _, b := range data[1:n] {
+		v = v<<8 | uint64(b)
 	}
 	return v, true
 }

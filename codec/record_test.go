@@ -291,3 +291,53 @@ func TestDecodeRecordRandomBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordUser checks the optional 8th envelope item: written only when
+// a user is set (a record without one keeps its 7-item bytes), read back
+// from both shapes, and refused when it is not a text string.
+func TestRecordUser(t *testing.T) {
+	c := NewCBOR()
+	without := sampleRecord(t, c)
+	b7, err := EncodeRecord(c, without)
+	require.NoError(t, err)
+	require.Equal(t, byte(0x87), b7[0], "no user: 7 items")
+
+	with := sampleRecord(t, c)
+	with.User = "ann@example.com"
+	b8, err := EncodeRecord(c, with)
+	require.NoError(t, err)
+	require.Equal(t, byte(0x88), b8[0], "a user: 8 items")
+	require.Equal(t, b7[1:], b8[1:len(b7)], "the first 7 items are unchanged")
+	require.Equal(t, append([]byte{0x6f}, "ann@example.com"...), b8[len(b7):], "the user is a text string at the end")
+
+	got, err := DecodeRecord(c, b8)
+	require.NoError(t, err)
+	require.Equal(t, with, got)
+	got, err = DecodeRecord(c, b7)
+	require.NoError(t, err)
+	require.Empty(t, got.User)
+
+	// Non-shortest array head of 8 items: read like 0x88.
+	long := append([]byte{0x98, 0x08}, b8[1:]...)
+	got, err = DecodeRecord(c, long)
+	require.NoError(t, err)
+	require.Equal(t, "ann@example.com", got.User)
+
+	for name, data := range map[string][]byte{
+		"user as bytes":   append(bytes.Clone(b7[:len(b7):len(b7)]), 0x41, 'a'),
+		"nine items":      append(append([]byte{0x89}, b8[1:]...), 0x00),
+		"invalid utf-8":   append(append([]byte{0x88}, b7[1:]...), 0x61, 0xff),
+		"user then trash": append(bytes.Clone(b8), 0x00),
+	} {
+		if name == "user as bytes" {
+			data[0] = 0x88
+		}
+		_, err := DecodeRecord(c, data)
+		require.ErrorIs(t, err, ErrCorrupt, name)
+	}
+
+	bad := sampleRecord(t, c)
+	bad.User = "\xff"
+	_, err = EncodeRecord(c, bad)
+	require.Error(t, err)
+}

@@ -31,7 +31,11 @@ import (
 // then not found.
 func (st *Store) Load(ctx context.Context, id string) (*Session, error) {
 	defer st.stats.loadLatency.Since(time.Now())
-	return st.load(ctx, id)
+	s, err := st.load(ctx, id)
+	if err == nil {
+		st.followUser(ctx, s, id)
+	}
+	return s, err
 }
 
 // load is Load without its latency record (for callers that record their
@@ -109,6 +113,7 @@ func (st *Store) fromRecord(id string, rec *codec.Record, casID uint64) (*Sessio
 	return &Session{
 		codec: st.codec, id: id, created: rec.Created, deadline: rec.Deadline,
 		idle: idle, version: rec.Version, attrs: rec.Attrs, casID: casID, // Attrs is never nil
+		user: rec.User, linkedUser: rec.User, linkedID: linkedAs(rec.User, id),
 	}, nil
 }
 

@@ -25,6 +25,16 @@ func (st *Store) Locker() *lock.Locker { return st.locker }
 // Release the lock with SaveAndRelease or Release.
 func (st *Store) LoadLocked(ctx context.Context, id string) (*Session, error) {
 	defer st.stats.loadLatency.Since(time.Now())
+	s, err := st.loadLocked(ctx, id)
+	if err == nil {
+		st.followUser(ctx, s, id)
+	}
+	return s, err
+}
+
+// loadLocked is LoadLocked without its latency record and user index
+// upkeep.
+func (st *Store) loadLocked(ctx context.Context, id string) (*Session, error) {
 	if st.local != nil {
 		lk, err := st.lockSticky(ctx, id)
 		if err != nil {
@@ -195,6 +205,7 @@ func (st *Store) Destroy(ctx context.Context, s *Session) error {
 	var err error
 	if !isNew {
 		err = st.DestroyID(ctx, id)
+		st.unlinkDestroyed(ctx, s)
 	}
 	if rerr := st.Release(ctx, s); rerr != nil && !errors.Is(rerr, lock.ErrLost) {
 		err = errors.Join(err, rerr)

@@ -40,6 +40,9 @@ func (st *Store) Save(ctx context.Context, s *Session) error {
 		return st.save(ctx, s)
 	}
 	if st.async != nil {
+		if s.linkPending() {
+			return st.saveLinking(ctx, s) // the user index must never list an unwritten session
+		}
 		p, err := st.prepare(s)
 		if err != nil || p.skip {
 			return err
@@ -289,7 +292,7 @@ func (st *Store) save(ctx context.Context, s *Session) error {
 	if primaryLost {
 		st.log.Info("saved to the backup copy only: the primary had lost its copy and is restored on the next load", "id", id, "node", node)
 	}
-	return nil
+	return st.linkUser(ctx, s) // now that it is stored: list it in its user's index
 }
 
 // flagsOf is the client flags value stored with a copy: the low 32 bits of

@@ -32,6 +32,11 @@ type Session struct {
 	saved     uint64          // value of changes at the last save or load
 	lock      *lock.Lock      // the session lock, while held
 	local     *lock.LocalLock // the in-process session lock of sticky mode, while held
+	// user is the user the session is linked to (stored with it, "" for
+	// none); linkedUser and linkedID are what that user's index is known
+	// to list for it (see users.go): a save brings the index up to date
+	// when they differ from user and id.
+	user, linkedUser, linkedID string
 }
 
 // ID returns the session id, the value of the session cookie. It changes
@@ -193,6 +198,7 @@ func (s *Session) encode(bump uint64) ([]byte, uint64, uint64, error) {
 		IdleTimeout: s.idle,
 		Version:     s.version + bump,
 		Attrs:       s.attrs,
+		User:        s.user,
 	}
 	b, err := codec.EncodeRecord(s.codec, &rec)
 	return b, rec.Version, s.changes, err
@@ -231,6 +237,7 @@ func (s *Session) adopt(cur *Session) {
 	defer s.mu.Unlock()
 	s.version, s.attrs, s.casID = cur.version, cur.attrs, cur.casID
 	s.created, s.deadline, s.idle = cur.created, cur.deadline, cur.idle
+	s.user, s.linkedUser, s.linkedID = cur.user, cur.linkedUser, cur.linkedID
 }
 
 // SetIdleTimeout changes how long this session lives without requests

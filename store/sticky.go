@@ -331,6 +331,7 @@ func (s *Session) clone() *Session {
 	return &Session{
 		codec: s.codec, id: s.id, created: s.created, deadline: s.deadline, idle: s.idle,
 		version: s.version, attrs: maps.Clone(s.attrs), casID: s.casID,
+		user: s.user, linkedUser: s.linkedUser, linkedID: s.linkedID,
 	}
 }
 

@@ -194,6 +194,13 @@ type Config struct {
 	// AsyncWorkers is how many queued writes run at once (never two of
 	// one session). Default DefaultAsyncWorkers (4).
 	AsyncWorkers int
+	// MaxUserSessions bounds the sessions one user's index lists (see
+	// Session.SetUser and DestroyUser). A login that finds the index full
+	// drops the entries of sessions that no longer exist; if it is still
+	// full, the oldest logins are dropped and their sessions destroyed.
+	// Default DefaultMaxUserSessions (100).
+	MaxUserSessions int
+
 	// Logger receives corrupt records, failed backup writes, restores and
 	// relocations. Default: logs are discarded.
 	Logger *slog.Logger
@@ -219,6 +226,7 @@ type Store struct {
 	cache      *cache       // sticky mode only
 	local      *lock.Local  // sticky mode only: the in-process session lock
 	trust      bool         // Config.TrustSticky
+	maxUser    int          // Config.MaxUserSessions
 }
 
 // counters are the store's event counts.
@@ -313,10 +321,14 @@ func New(cfg Config) (*Store, error) {
 	if cfg.AsyncWorkers <= 0 {
 		cfg.AsyncWorkers = DefaultAsyncWorkers
 	}
+	if cfg.MaxUserSessions <= 0 {
+		cfg.MaxUserSessions = DefaultMaxUserSessions
+	}
 	st := &Store{
 		cluster: cfg.Cluster, view: ops.Of(cfg.Cluster), codec: cfg.Codec, prefix: cfg.KeyPrefix,
 		idle: cfg.IdleTimeout, life: cfg.Lifetime, maxSize: cfg.MaxSize,
 		locker: locker, log: cfg.Logger, touchEvery: cfg.TouchAfter, refreshed: newRefreshLog(),
+		maxUser: cfg.MaxUserSessions,
 	}
 	if cfg.Sticky {
 		if cfg.CacheBytes <= 0 {
