@@ -550,7 +550,7 @@ func (st *Store) linkUser(ctx context.Context, s *Session) error {
 				st.log.Warn("relocated session not listed under its new id in its user's index", "id", id, "old", lid, "err", err)
 				return nil
 			}
-			derr := st.DestroyID(context.WithoutCancel(ctx), id)
+			derr := st.destroyEverywhere(context.WithoutCancel(ctx), id)
 			s.mu.Lock()
 			s.destroyed = true
 			s.changes++ // not saved: the request fails
