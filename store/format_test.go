@@ -12,6 +12,8 @@ package store_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -251,7 +253,9 @@ type formatVector struct {
 	IdleTimeoutMs  uint64       `json:"idle_timeout_ms"`
 	Version        uint64       `json:"version"`
 	Attributes     []formatAttr `json:"attributes"`
-	Memcached      formatKeys   `json:"memcached"`
+	// User is envelope item 7 (the 8th), absent without a user.
+	User      string     `json:"user,omitempty"`
+	Memcached formatKeys `json:"memcached"`
 }
 
 // formatAttr is one attribute of a vector, in envelope order.
@@ -278,6 +282,10 @@ type formatKeys struct {
 	BackupKey   string `json:"backup_key"`
 	LockKey     string `json:"lock_key"`
 	ClientFlags uint32 `json:"client_flags"`
+	// UserIndexKey and UserIndexNodes (primary, secondary) are where the
+	// index of the vector's user lives, with formatNodes as the cluster.
+	UserIndexKey   string   `json:"user_index_key,omitempty"`
+	UserIndexNodes []string `json:"user_index_nodes,omitempty"`
 }
 
 // vectorDef defines one golden vector.
@@ -289,6 +297,7 @@ type vectorDef struct {
 	version           uint64
 	attrs             []fentry
 	prefix, id        string
+	user              string
 }
 
 // formatNodes are the node ids of the cluster the vectors are checked
@@ -393,6 +402,17 @@ func vectorDefs() []vectorDef {
 			},
 			prefix: "tenant/42:", id: "0a1b2c3d4e5f60718293a4b5c6d7e8f9-node_A",
 		},
+		{
+			name: "user-cbor",
+			desc: "A session linked to a user (Session.SetUser): the user id is the optional 8th envelope item, " +
+				"a text string, after the 7 items a session without a user has (array head 0x88 instead of 0x87). " +
+				"memcached.user_index_key is the key of the user's session index (prefix + \"user:\" + SHA-256 " +
+				"of the user id in hex), user_index_nodes its primary and secondary node by rendezvous hashing " +
+				"over the vectors' cluster.",
+			codec: codec.NewCBOR(), created: formatCreated, idle: time.Hour, version: 5,
+			attrs: []fentry{fKey("cart", fInt(2))}, user: "ada@example.com",
+			prefix: "app1:", id: "7e3a9c1f5b2d4e6a8c0b1d3f5e7a9c2b-n2",
+		},
 	}
 }
 
@@ -467,7 +487,7 @@ func cborPair(t testing.TB, name string, value []byte) []byte {
 func buildVector(t testing.TB, d vectorDef) ([]byte, []byte) {
 	t.Helper()
 	rec := codec.Record{Created: d.created, Deadline: d.deadline, IdleTimeout: d.idle, Version: d.version,
-		Attrs: map[string][]byte{}}
+		Attrs: map[string][]byte{}, User: d.user}
 	var attrs []formatAttr
 	for _, e := range d.attrs {
 		v, err := e.Value.toGo()
@@ -494,7 +514,8 @@ func buildVector(t testing.TB, d vectorDef) ([]byte, []byte) {
 	sort.SliceStable(attrs, func(i, j int) bool {
 		return pairOffset(t, bin, attrs[i]) < pairOffset(t, bin, attrs[j])
 	})
-	session, backup, lockKey := formatStore(t, d.prefix).MemcachedKeys(d.id)
+	fst := formatStore(t, d.prefix)
+	session, backup, lockKey := fst.MemcachedKeys(d.id)
 	desc := formatVector{
 		Name: d.name, Description: d.desc, Bin: d.name + ".bin",
 		FormatVersion: codec.FormatVersion, Codec: d.codec.Name(),
@@ -502,11 +523,16 @@ func buildVector(t testing.TB, d vectorDef) ([]byte, []byte) {
 		DeadlineUnixMs: unixMs(d.deadline), Deadline: rfc3339Ms(unixMs(d.deadline)),
 		IdleTimeoutMs: uint64(d.idle.Milliseconds()), Version: d.version,
 		Attributes: attrs,
+		User:       d.user,
 		Memcached: formatKeys{
 			KeyPrefix: d.prefix, ID: d.id, Node: d.id[strings.LastIndexByte(d.id, '-')+1:],
 			PrimaryKey: session, BackupKey: backup, LockKey: lockKey,
 			ClientFlags: uint32(d.version), // the low 32 bits of the version
 		},
+	}
+	if d.user != "" {
+		key, primary, secondary := fst.UserIndexKey(d.user)
+		desc.Memcached.UserIndexKey, desc.Memcached.UserIndexNodes = key, []string{primary, secondary}
 	}
 	if desc.Attributes == nil {
 		desc.Attributes = []formatAttr{}
@@ -802,8 +828,13 @@ func TestFormatVectors(t *testing.T) {
 			require.Equal(t, v.Name+".bin", v.Bin)
 			require.Equal(t, rfc3339Ms(v.CreatedUnixMs), v.Created, "created is created_unix_ms as RFC 3339")
 			require.Equal(t, rfc3339Ms(v.DeadlineUnixMs), v.Deadline, "deadline is deadline_unix_ms as RFC 3339")
-			// The envelope starts with a 7-item array head and the format version.
-			require.Equal(t, []byte{0x87, byte(v.FormatVersion)}, bin[:2])
+			// The envelope starts with a 7-item array head (8 with a user)
+			// and the format version.
+			head := byte(0x87)
+			if v.User != "" {
+				head = 0x88
+			}
+			require.Equal(t, []byte{head, byte(v.FormatVersion)}, bin[:2])
 
 			// Each attribute: the value encodes to the bytes, and the bytes
 			// decode to the value (or to what a generic decode gives).
@@ -857,11 +888,13 @@ func TestFormatVectors(t *testing.T) {
 			require.Equal(t, time.Duration(v.IdleTimeoutMs)*time.Millisecond, rec.IdleTimeout)
 			require.Equal(t, v.Version, rec.Version)
 			require.Equal(t, hexAttrs(attrs), hexAttrs(rec.Attrs))
+			require.Equal(t, v.User, rec.User)
 
 			// Encoding direction: the described record gives exactly the bytes.
 			enc, err := codec.EncodeRecord(c, &codec.Record{
 				Created: fromUnixMs(v.CreatedUnixMs), Deadline: fromUnixMs(v.DeadlineUnixMs),
 				IdleTimeout: time.Duration(v.IdleTimeoutMs) * time.Millisecond, Version: v.Version, Attrs: attrs,
+				User: v.User,
 			})
 			require.NoError(t, err)
 			require.Equal(t, hex.EncodeToString(bin), hex.EncodeToString(enc))
@@ -885,8 +918,36 @@ func TestFormatVectors(t *testing.T) {
 			require.Equal(t, m.KeyPrefix+"bak:"+m.ID, m.BackupKey)
 			require.Equal(t, m.KeyPrefix+"lock:"+m.ID, m.LockKey)
 			require.Equal(t, uint32(v.Version), m.ClientFlags, "client flags are the low 32 bits of the version")
+			if v.User == "" {
+				require.Empty(t, m.UserIndexKey)
+				require.Empty(t, m.UserIndexNodes)
+			} else {
+				key, primary, secondary := st.UserIndexKey(v.User)
+				require.Equal(t, m.UserIndexKey, key)
+				require.Equal(t, m.UserIndexNodes, []string{primary, secondary})
+				sum := sha256.Sum256([]byte(v.User))
+				require.Equal(t, m.KeyPrefix+"user:"+hex.EncodeToString(sum[:]), key)
+				require.Equal(t, rendezvousTop2(hex.EncodeToString(sum[:]), formatNodes), m.UserIndexNodes)
+			}
 		})
 	}
+}
+
+// rendezvousTop2 restates docs/FORMAT.md's placement of a user index:
+// the two nodes with the highest first 8 bytes (big-endian) of
+// SHA-256(hash + ":" + node id), ties to the node listed first.
+func rendezvousTop2(hash string, nodes []string) []string {
+	type scored struct {
+		id    string
+		score uint64
+	}
+	var all []scored
+	for _, n := range nodes {
+		sum := sha256.Sum256([]byte(hash + ":" + n))
+		all = append(all, scored{n, binary.BigEndian.Uint64(sum[:8])})
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].score > all[j].score })
+	return []string{all[0].id, all[1].id}
 }
 
 // hexAttrs shows attribute bytes as hex, for readable failures.
@@ -918,7 +979,8 @@ func TestFormatRejections(t *testing.T) {
 	}{
 		{"format version 2", with(1, 0x02), codec.ErrFormat},
 		{"format version 0", with(1, 0x00), codec.ErrFormat},
-		{"8-item array", append(with(0, 0x88), 0x00), codec.ErrCorrupt},
+		{"8-item array whose 8th item is not text", append(with(0, 0x88), 0x00), codec.ErrCorrupt},
+		{"9-item array", append(with(0, 0x89), 0x60, 0x00), codec.ErrCorrupt},
 		{"truncated", bin[:len(bin)-1], codec.ErrCorrupt},
 		{"trailing byte", append(bytes.Clone(bin), 0x00), codec.ErrCorrupt},
 		{"tagged", append([]byte{0xc0}, bin...), codec.ErrCorrupt},
