@@ -3,7 +3,11 @@
 // as local child processes, puts a round-robin reverse proxy in front of
 // the apps, and prints the URL of a live page that shows which app served
 // each request, where the session lives, each node's health and breaker
-// state, and buttons to stop and restart nodes.
+// state, and buttons to stop, kill, pause (SIGSTOP), resume and restart
+// nodes. Its load panel runs N virtual users (a load generator inside this
+// process) against the proxy and draws requests per second, 409/503
+// answers and acknowledged against stored increments, next to every app
+// server's and node's main metrics (see package demo).
 //
 //	cd examples && go run ./cluster [-listen 127.0.0.1:8000] [-nodes 3] [-apps 2] [-locking all]
 //	                          [-sticky [-sticky-trust]] [-async-backup] [-quiet]

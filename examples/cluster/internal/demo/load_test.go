@@ -54,6 +54,18 @@ func TestLoadKillSharedPrimary(t *testing.T) {
 	base := d.URL()
 	plain := &http.Client{Timeout: requestTimeout}
 
+	// The page has the load panel and the metrics, drawn by its own script.
+	code, body := fetch(t, plain, "GET", base)
+	require.Equal(t, http.StatusOK, code)
+	for _, want := range []string{
+		`id="load-users"`, `id="load-start"`, `id="load-stop"`, `id="load-diff"`, `id="shared-primary"`,
+		`id="chart-rps"`, `id="chart-errors"`, `id="chart-incr"`, `id="metrics-apps"`, `id="metrics-nodes"`,
+		"/demo/load/start", "/demo/load/stop", "/demo/metrics", "createElementNS",
+	} {
+		require.Contains(t, string(body), want)
+	}
+	require.NotContains(t, string(body), "<script src", "the page loads nothing from elsewhere")
+
 	ls := loadState(t, plain, base)
 	require.False(t, ls.Running)
 	require.Zero(t, ls.Users)
@@ -63,10 +75,10 @@ func TestLoadKillSharedPrimary(t *testing.T) {
 		code, body := fetch(t, plain, "POST", base+"demo/load/start?users="+bad)
 		require.Equal(t, http.StatusBadRequest, code, "users=%s: %s", bad, body)
 	}
-	code, _ := fetch(t, plain, "GET", base+"demo/load/start")
+	code, _ = fetch(t, plain, "GET", base+"demo/load/start")
 	require.Equal(t, http.StatusNotFound, code, "start needs POST")
 
-	code, body := fetch(t, plain, "POST", base+"demo/load/start?users=8")
+	code, body = fetch(t, plain, "POST", base+"demo/load/start?users=8")
 	require.Equal(t, http.StatusOK, code, string(body))
 	require.NoError(t, json.Unmarshal(body, &ls))
 	require.True(t, ls.Running)
