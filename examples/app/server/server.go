@@ -9,8 +9,14 @@
 //	POST   /api/session?K=V&...  sets string attributes
 //	DELETE /api/session?key=K    removes attribute K
 //	POST   /api/counter          increments the int attribute "count"
-//	POST   /api/login            renews the session id, keeps the data
+//	POST   /api/login[?user=U]   renews the session id, keeps the data; with
+//	                             user, also links the session to user U
 //	POST   /api/logout           destroys the session
+//	GET    /api/sessions         the current user's sessions on every server (JSON
+//	                             UserSessionsResponse; 401 without a user)
+//	POST   /api/logout-all       destroys every session of the current user, on
+//	                             every node ("log out everywhere"; JSON
+//	                             LogoutAllResponse; 401 without a user)
 //	GET    /api/nodes            this server's view of the memcached nodes
 //	GET    /api/stats            the session layer's counters (JSON)
 //	GET    /metrics              the same and more in the Prometheus text format
@@ -18,7 +24,9 @@
 //	GET    /static/...           static files, no session work
 //	GET    /healthz              200 while the server is up
 //
-// Every session endpoint answers with a Response and accepts the control
+// Every session endpoint except /api/sessions and /api/logout-all answers
+// with a Response (which names the session's user, if any); all accept the
+// control
 // parameter sleep=DURATION: the handler sleeps after the session is loaded
 // and before it is saved, to widen race windows in tests and demos.
 package server
@@ -129,6 +137,9 @@ type Response struct {
 	Attrs map[string]any `json:"attrs"`
 	// Count is the int attribute CountKey, 0 when absent.
 	Count int `json:"count"`
+	// User is the user the session is linked to (POST /api/login?user=U),
+	// absent when none.
+	User string `json:"user,omitempty"`
 }
 
 // NodesResponse is the JSON body of GET /api/nodes.
@@ -283,6 +294,8 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("POST /api/counter", s.withSession(s.increment))
 	mux.HandleFunc("POST /api/login", s.withSession(s.login))
 	mux.HandleFunc("POST /api/logout", s.withSession(s.logout))
+	mux.HandleFunc("GET /api/sessions", s.userSessions)
+	mux.HandleFunc("POST /api/logout-all", s.logoutAll)
 	mux.HandleFunc("GET /api/nodes", s.nodes)
 	mux.HandleFunc("GET /api/stats", s.stats)
 	mux.Handle("GET /readyz", m.ReadinessHandler())
@@ -377,7 +390,7 @@ func (s *Server) withSession(h sessionHandler) http.HandlerFunc {
 
 // render describes sess as a Response.
 func (s *Server) render(sess *httpsession.Session) Response {
-	resp := Response{Instance: s.name, ID: sess.ID(), Attrs: map[string]any{}}
+	resp := Response{Instance: s.name, ID: sess.ID(), Attrs: map[string]any{}, User: sess.User()}
 	keys, _ := sess.Keys() // an error here was answered by the middleware already
 	for _, k := range keys {
 		var v any
@@ -447,10 +460,25 @@ func (s *Server) increment(ctx context.Context, r *http.Request, sess *httpsessi
 	return true, nil
 }
 
-// login gives the session a new id and keeps its data.
+// login gives the session a new id and keeps its data; with the user
+// parameter it also links the session to that user.
 func (s *Server) login(ctx context.Context, r *http.Request, sess *httpsession.Session) (bool, error) {
+	q := r.URL.Query()
+	user := q.Get(UserParam)
+	if q.Has(UserParam) && user == "" {
+		return false, fmt.Errorf("%w: empty %s parameter", errBadRequest, UserParam)
+	}
 	if err := sess.RenewID(ctx); err != nil {
 		return false, err
+	}
+	if user != "" {
+		err := sess.SetUser(user)
+		if errors.Is(err, store.ErrInvalidUser) {
+			return false, fmt.Errorf("%w: %w", errBadRequest, err)
+		}
+		if err != nil {
+			return false, err
+		}
 	}
 	return sess.Exists()
 }

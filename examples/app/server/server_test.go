@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,4 +152,101 @@ func TestServerInProcess(t *testing.T) {
 	require.True(t, rd.Ready)
 	require.Len(t, rd.Nodes, 3)
 	require.Equal(t, uint64(5), app.Manager().Stats().Ignored, "nodes, two static files, healthz, readyz")
+}
+
+// Logins with a user, the user's sessions and log-out-everywhere, in
+// process (examples/app/e2e_test.go runs them over two app processes).
+func TestServerUsers(t *testing.T) {
+	mc := mcproc.NewCluster(t, 3)
+	app, err := server.New(server.Config{Name: "solo", Nodes: mc.Spec()})
+	require.NoError(t, err)
+	ts := httptest.NewServer(app)
+	t.Cleanup(func() {
+		ts.Close()
+		require.NoError(t, app.Close())
+	})
+	newClient := func() *http.Client {
+		jar, err := cookiejar.New(nil)
+		require.NoError(t, err)
+		return &http.Client{Jar: jar, Timeout: 10 * time.Second}
+	}
+	call := func(c *http.Client, method, path string, into any) (int, http.Header) {
+		t.Helper()
+		req, err := http.NewRequest(method, ts.URL+path, nil)
+		require.NoError(t, err)
+		resp, err := c.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		if into != nil {
+			require.NoError(t, json.Unmarshal(body, into), string(body))
+		}
+		return resp.StatusCode, resp.Header
+	}
+
+	// Without a user: 401 with a JSON error, for both routes.
+	anon := newClient()
+	for _, route := range []string{"GET /api/sessions", "POST /api/logout-all"} {
+		method, path, _ := strings.Cut(route, " ")
+		var e server.ErrorResponse
+		code, h := call(anon, method, path, &e)
+		require.Equal(t, http.StatusUnauthorized, code, route)
+		require.NotEmpty(t, h.Get("WWW-Authenticate"))
+		require.Contains(t, e.Error, "no user")
+	}
+	var r server.Response
+	code, _ := call(anon, "POST", "/api/counter", &r)
+	require.Equal(t, http.StatusOK, code)
+	code, _ = call(anon, "GET", "/api/sessions", nil)
+	require.Equal(t, http.StatusUnauthorized, code, "a session without a user")
+	code, _ = call(anon, "POST", "/api/login?user=", nil)
+	require.Equal(t, http.StatusBadRequest, code)
+	code, _ = call(anon, "POST", "/api/login?user="+strings.Repeat("x", 300), nil)
+	require.Equal(t, http.StatusBadRequest, code)
+
+	// Login without user: only the id changes (the old behaviour).
+	var plain server.Response
+	code, _ = call(anon, "POST", "/api/login", &plain)
+	require.Equal(t, http.StatusOK, code)
+	require.NotEqual(t, r.ID, plain.ID)
+	require.Empty(t, plain.User)
+	require.Equal(t, 1, plain.Count)
+
+	// Two logins of ada (one keeps its counter), one of bob.
+	var ada1, ada2, bob server.Response
+	code, _ = call(anon, "POST", "/api/login?user=ada", &ada1)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "ada", ada1.User)
+	require.Equal(t, 1, ada1.Count, "the data is kept")
+	other, bobc := newClient(), newClient()
+	call(other, "POST", "/api/login?user=ada", &ada2)
+	call(bobc, "POST", "/api/login?user=bob", &bob)
+
+	var list server.UserSessionsResponse
+	code, _ = call(other, "GET", "/api/sessions", &list)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "ada", list.User)
+	require.Len(t, list.Sessions, 2)
+	byID := map[string]server.UserSession{}
+	for _, us := range list.Sessions {
+		byID[us.ID] = us
+		require.False(t, us.Created.IsZero())
+		require.False(t, us.LastSeen.IsZero())
+	}
+	require.True(t, byID[ada2.ID].Current)
+	require.False(t, byID[ada1.ID].Current)
+
+	var out server.LogoutAllResponse
+	code, h := call(other, "POST", "/api/logout-all", &out)
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, server.LogoutAllResponse{Instance: "solo", User: "ada", Destroyed: 2}, out)
+	require.Contains(t, strings.Join(h.Values("Set-Cookie"), "\n"), "Max-Age=0")
+	var after server.Response
+	call(anon, "GET", "/api/session", &after)
+	require.Empty(t, after.ID, "the other login of ada is gone too")
+	code, _ = call(other, "GET", "/api/sessions", nil)
+	require.Equal(t, http.StatusUnauthorized, code)
+	call(bobc, "GET", "/api/sessions", &list)
+	require.Len(t, list.Sessions, 1, "bob is untouched")
 }
