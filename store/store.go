@@ -70,6 +70,20 @@
 // that dies abruptly loses, for every session with a write queued or
 // running (Stats.AsyncPending), the changes since its last completed write.
 //
+// # Users: log out everywhere
+//
+// Session.SetUser links a session to a user id (at login); the user is
+// stored with the session, and its save lists the session in the user's
+// index, a memcached item with two copies on nodes chosen from the user id
+// (rendezvous hashing), updated with CAS. From any app server,
+// UserSessions lists a user's sessions and DestroyUser destroys every copy
+// of all of them. The index follows the session's id (RenewID, relocation),
+// is bounded (Config.MaxUserSessions, 100: the oldest logins are destroyed
+// beyond it), expires with the latest deadline of its sessions and drops
+// the sessions that are gone. DestroyUser deletes the index with a
+// compare-and-delete, so a login racing it either is destroyed with the
+// others or survives as a login after the log-out (see DestroyUser).
+//
 // # Errors
 //
 // Load reports ErrNotFound for an id that does not parse, is unknown,
