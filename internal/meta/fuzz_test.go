@@ -4,11 +4,20 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/mcsession/mcsession/integration/mcproc"
 )
 
 // fuzzLimit is the value size limit of FuzzReadAnswers: small, so that
@@ -157,4 +166,128 @@ func TestFuzzRequests(t *testing.T) {
 		require.Equal(t, tt.want, fuzzRequests(tt.spec), "%x", tt.spec)
 	}
 	require.Len(t, fuzzRequests(make([]byte, 20)), 8)
+}
+
+var updateFuzzSeeds = flag.Bool("update-fuzz-seeds", false,
+	"rewrite the captured_* seeds of testdata/fuzz/FuzzReadAnswers with the answers of a real memcached")
+
+// seedDir holds FuzzReadAnswers' seed corpus.
+const seedDir = "testdata/fuzz/FuzzReadAnswers"
+
+// capture is a batch whose real answers are a seed of FuzzReadAnswers.
+type capture struct {
+	name string
+	// spec is the seed's first argument: the requests the parser expects
+	// (fuzzRequests).
+	spec []byte
+	// setup prepares the items before the batch (may be nil).
+	setup func(t *testing.T, p *Pool)
+	// adjust changes what the parser does not look at before the batch is
+	// sent: keys, values, CAS, mode, touch (may be nil).
+	adjust func(reqs []Request)
+	// raw, when set, is sent instead of the encoded requests.
+	raw string
+	// wantErr is readAnswers' error on the real answers.
+	wantErr error
+}
+
+// setK stores "hello" under k with client flags 7 and a TTL of 1000 s.
+func setK(t *testing.T, p *Pool) {
+	do(t, p, Request{Command: Set, Key: "k", Value: []byte("hello"), Flags: 7, TTL: 1000})
+}
+
+// deleteK removes k.
+func deleteK(t *testing.T, p *Pool) { do(t, p, Request{Command: Delete, Key: "k"}) }
+
+// captures are the real batches behind the captured_* seeds: every answer
+// code, flags, values with CRLF inside, a mixed quiet pipeline, errors.
+var captures = []capture{
+	{name: "mg_hit_all_flags", spec: []byte{0x78}, setup: setK},
+	{name: "mg_hit_no_value", spec: []byte{0x70}, setup: setK},
+	{name: "mg_miss", spec: []byte{0x78}, setup: deleteK},
+	{name: "mg_touch", spec: []byte{0x28}, setup: setK, adjust: func(r []Request) { r[0].Touch, r[0].TTL = true, 60 }},
+	{name: "mg_no_expiry", spec: []byte{0x68}, setup: func(t *testing.T, p *Pool) {
+		do(t, p, Request{Command: Set, Key: "k", Value: []byte("forever")})
+	}},
+	{name: "mg_ttl_past", spec: []byte{0x20}, setup: setK, raw: "mg k T-1 t\r\n"},
+	{name: "mg_binary_value", spec: []byte{0x18}, setup: func(t *testing.T, p *Pool) {
+		do(t, p, Request{Command: Set, Key: "k", Value: []byte("\x00\r\n\xff\r\nVA 1\r\n")})
+	}},
+	{name: "mg_empty_value", spec: []byte{0x08}, setup: func(t *testing.T, p *Pool) {
+		do(t, p, Request{Command: Set, Key: "k", Value: []byte{}})
+	}},
+	{name: "quiet_mg_hit_mn", spec: []byte{0x0c, 0x03}, setup: setK},
+	{name: "quiet_mg_miss_mn", spec: []byte{0x0c, 0x03}, setup: deleteK},
+	{name: "ms_return_cas", spec: []byte{0x11}, adjust: func(r []Request) { r[0].Value = []byte("v") }},
+	{name: "ms_cas_mismatch", spec: []byte{0x01}, setup: setK, adjust: func(r []Request) { r[0].CAS = 1 }},
+	{name: "ms_cas_missing", spec: []byte{0x01}, setup: deleteK, adjust: func(r []Request) { r[0].CAS = 1 }},
+	{name: "ms_add_exists", spec: []byte{0x01}, setup: setK, adjust: func(r []Request) { r[0].Mode = ModeAdd }},
+	{name: "ms_too_large", spec: []byte{0x01}, adjust: func(r []Request) { r[0].Value = make([]byte, 2<<20) }},
+	{name: "quiet_ms_too_large_mn", spec: []byte{0x05, 0x03}, wantErr: ErrProtocol,
+		adjust: func(r []Request) { r[0].Value = make([]byte, 2<<20) }},
+	{name: "md_hit", spec: []byte{0x02}, setup: setK},
+	{name: "md_miss", spec: []byte{0x02}, setup: deleteK},
+	{name: "mixed_quiet_pipeline", spec: []byte{0x15, 0x06, 0x78, 0x0c, 0x01, 0x03}, setup: setK,
+		adjust: func(r []Request) {
+			r[0].Key, r[0].Value = "s", []byte("saved")
+			r[1].Key = "missing"
+			r[4].Key, r[4].Mode = "k", ModeAdd
+		}},
+	{name: "client_error_bad_chunk", spec: []byte{0x01}, raw: "ms k 2 T0\r\nhiXX\r\n", wantErr: ErrClient},
+	{name: "error_unknown_command", spec: []byte{0x03}, raw: "bogus\r\nmn\r\n", wantErr: ErrClient},
+}
+
+// TestFuzzReadAnswersCaptured sends the batches of captures to a real
+// memcached and checks how readAnswers takes its answers, and that each
+// has its captured_* seed. With -update-fuzz-seeds it rewrites the seeds
+// with the answers it got:
+//
+//	go test ./internal/meta -run FuzzReadAnswersCaptured -update-fuzz-seeds
+func TestFuzzReadAnswersCaptured(t *testing.T) {
+	proc := mcproc.NewProcess(t)
+	p := newPool(t, proc.Addr(), Config{})
+	for _, c := range captures {
+		t.Run(c.name, func(t *testing.T) {
+			if c.setup != nil {
+				c.setup(t, p)
+			}
+			reqs := fuzzRequests(c.spec)
+			expect := slices.Clone(reqs)
+			if c.adjust != nil {
+				c.adjust(reqs)
+			}
+			raw := []byte(c.raw)
+			if c.raw == "" {
+				for i := range reqs {
+					opaque := -1
+					if reqs[i].Quiet {
+						opaque = i
+					}
+					raw = reqs[i].appendTo(raw, opaque)
+				}
+			}
+			nc, err := net.DialTimeout("tcp", proc.Addr(), 5*time.Second)
+			require.NoError(t, err)
+			defer nc.Close()
+			require.NoError(t, nc.SetDeadline(time.Now().Add(10*time.Second)))
+			_, err = nc.Write(raw)
+			require.NoError(t, err)
+			var stream bytes.Buffer
+			br := bufio.NewReaderSize(io.TeeReader(nc, &stream), maxLine)
+			err = readAnswers(br, expect, make([]Response, len(expect)), DefaultMaxValueSize)
+			if c.wantErr == nil {
+				require.NoError(t, err, "%q", stream.Bytes())
+			} else {
+				require.ErrorIs(t, err, c.wantErr, "%q", stream.Bytes())
+			}
+
+			file := filepath.Join(seedDir, "captured_"+c.name)
+			if *updateFuzzSeeds {
+				seed := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n[]byte(%q)\n", c.spec, stream.Bytes())
+				require.NoError(t, os.WriteFile(file, []byte(seed), 0o644))
+				return
+			}
+			require.FileExists(t, file, "run with -update-fuzz-seeds to capture it")
+		})
+	}
 }
