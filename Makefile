@@ -8,8 +8,11 @@ BIN ?= bin
 # ARGS is an alias (after DEMO_FLAGS), e.g. `make demo ARGS=-sticky`.
 DEMO_FLAGS ?=
 ARGS ?=
+# FUZZTIME is how long `make fuzz` runs each fuzz target (a duration, or
+# an exec count such as 1000000x).
+FUZZTIME ?= 5s
 
-.PHONY: deps test vet demo bench
+.PHONY: deps test vet demo bench fuzz
 
 deps:
 	@echo "==> deps: check that memcached is installed"
@@ -25,7 +28,7 @@ vet:
 # test also vets and tests the examples (the app, the demo, the quick start),
 # bench and router-example modules (each with its own go.mod, so that their
 # dependencies stay out of the library's), so that a change to the library
-# cannot silently break them.
+# cannot silently break them, and ends with a short run of every fuzz target.
 test: deps vet
 	@echo "==> test: $(GO) test -race -count=1 ./... (against real memcached processes)"
 	@$(GO) test -race -count=1 ./...
@@ -39,6 +42,21 @@ test: deps vet
 	@cd extra/mcsessionprom && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 	@echo "==> test: cd extra/mcsessionotel && $(GO) vet ./... && $(GO) test -race -count=1 ./... (OpenTelemetry instruments)"
 	@cd extra/mcsessionotel && $(GO) vet ./... && $(GO) test -race -count=1 ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+
+# fuzz runs each fuzz target for FUZZTIME (`make test` runs them for 3s):
+# the session cookie through the middleware (over real memcached), the
+# envelope decoder and the meta answer parser. Their seeds are in each
+# package's testdata/fuzz/<FuzzName>; what the fuzzer finds is kept in Go's
+# cache, except a failing input, which go test writes to testdata/fuzz
+# (fix the bug, then commit it as a seed).
+fuzz: deps
+	@echo "==> fuzz: $(GO) test -run '^$$' -fuzz '^FuzzSessionCookie$$' -fuzztime $(FUZZTIME) ./httpsession"
+	@$(GO) test -run '^$$' -fuzz '^FuzzSessionCookie$$' -fuzztime $(FUZZTIME) ./httpsession
+	@echo "==> fuzz: $(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./codec"
+	@$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./codec
+	@echo "==> fuzz: $(GO) test -run '^$$' -fuzz '^FuzzReadAnswers$$' -fuzztime $(FUZZTIME) ./internal/meta"
+	@$(GO) test -run '^$$' -fuzz '^FuzzReadAnswers$$' -fuzztime $(FUZZTIME) ./internal/meta
 
 # demo: 3 memcached nodes, 2 app servers and a round-robin proxy with a live
 # page (prints its URL; Ctrl-C stops everything).
