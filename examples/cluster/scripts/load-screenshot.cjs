@@ -79,14 +79,14 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
     // Stop: the page shows the final read.
     await page.click("#load-stop");
-    await page.waitForSelector("#load-final-table", { timeout: 60000 });
+    await page.waitForFunction(() => document.querySelectorAll("#load-final-table tbody tr").length === 2, { timeout: 90000 });
     const rows = await page.$$eval("#load-final-table tbody tr", (trs) =>
       trs.map((tr) => [...tr.children].map((td) => td.textContent.trim())));
     console.log("final read (counter, acknowledged, stored, not acknowledged, result):");
     for (const r of rows) console.log("  " + r.join(" | "));
     console.log("  stored − acknowledged:", await page.$eval("#load-diff-num", (e) => e.textContent),
       "|", await page.$eval("#load-diff-text", (e) => e.textContent));
-    if (!rows.every((r) => r[4] === "equal")) failed = true;
+    if (rows.length !== 2 || !rows.every((r) => r[4] === "equal")) failed = true;
     if (process.env.FINAL) {
       await shot(process.env.FINAL);
     }

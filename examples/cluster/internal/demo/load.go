@@ -187,6 +187,9 @@ type LoadResult struct {
 // LoadState is the load generator's state (GET /demo/load): the current
 // or last run.
 type LoadState struct {
+	// Run numbers the runs since the demo started, from 1 (0 before the
+	// first).
+	Run int `json:"run"`
 	// Running reports a run whose virtual users are sending requests;
 	// Settling one that stopped and is doing its final read.
 	Running  bool `json:"running"`
@@ -240,6 +243,7 @@ type loadGen struct {
 
 	mu     sync.Mutex
 	run    *loadRun // the current or last run, nil before the first
+	runs   int      // runs started
 	closed bool
 }
 
@@ -260,6 +264,7 @@ type vuser struct {
 // loadRun is one run of the load generator.
 type loadRun struct {
 	g       *loadGen
+	n       int // LoadState.Run
 	users   []*vuser
 	shared  *http.Client // one cookie jar for every virtual user
 	started time.Time
@@ -312,6 +317,8 @@ func (g *loadGen) start(users int) error {
 		r.users = append(r.users, &vuser{n: i + 1, stored: -1,
 			client: &http.Client{Jar: jar, Transport: g.transport, Timeout: loadRequestTimeout}})
 	}
+	g.runs++
+	r.n = g.runs
 	g.run = r
 	go r.main()
 	g.d.log.Info("load started", "users", users, "max", g.maxRun)
@@ -674,6 +681,7 @@ func (r *loadRun) state() LoadState {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := LoadState{
+		Run:         r.n,
 		Running:     !r.stopping(),
 		Users:       len(r.users),
 		MaxDuration: r.g.maxRun.Seconds(),

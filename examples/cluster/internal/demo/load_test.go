@@ -83,6 +83,7 @@ func TestLoadKillSharedPrimary(t *testing.T) {
 	require.NoError(t, json.Unmarshal(body, &ls))
 	require.True(t, ls.Running)
 	require.Equal(t, 8, ls.Users)
+	require.Equal(t, 1, ls.Run)
 	code, body = fetch(t, plain, "POST", base+"demo/load/start?users=8")
 	require.Equal(t, http.StatusConflict, code, "one run at a time: %s", body)
 
@@ -182,6 +183,9 @@ func TestLoadKillSharedPrimary(t *testing.T) {
 	// A second run, left running (and a node left paused): Close stops it.
 	code, body = fetch(t, plain, "POST", base+"demo/load/start?users=2")
 	require.Equal(t, http.StatusOK, code, string(body))
+	require.NoError(t, json.Unmarshal(body, &ls))
+	require.Equal(t, 2, ls.Run)
+	require.Nil(t, ls.Final)
 	waitLoad(t, plain, base, "the second run's first requests", func(ls LoadState) bool {
 		return ls.Final == nil && ls.Counts.Requests >= 10
 	})
