@@ -34,7 +34,10 @@
 // into the type asked for, are the handler's to answer.
 //
 // Remove and Clear delete attributes, RenewID gives the session a new id
-// (at login), Destroy deletes it (at logout).
+// (at login), Destroy deletes it (at logout). SetUser links it to a user
+// id (at login, after RenewID); Manager.UserSessions lists a user's
+// sessions and Manager.DestroyUser ends them all, on every app server
+// ("log out everywhere", see package store).
 //
 // # Commit timing
 //
