@@ -567,11 +567,13 @@ func (d *Demo) app(name string) *appSlot {
 	return nil
 }
 
-// Close stops the HTTP server (the page and the proxy), the app servers
-// and the memcached nodes, all gracefully (SIGTERM, then SIGKILL after a
-// grace period), and removes the built app. It logs each thing it stopped
-// to Config.Logger and waits until every child process has exited. A
-// second Close returns the first one's result.
+// Close stops the load generator (its virtual users finish their current
+// request; no final read), then the HTTP server (the page and the proxy),
+// the app servers and the memcached nodes (a paused one is resumed first),
+// all gracefully (SIGTERM, then SIGKILL after a grace period), and removes
+// the built app. It logs each thing it stopped to Config.Logger and waits
+// until every child process has exited. A second Close returns the first
+// one's result.
 func (d *Demo) Close() error {
 	d.closeOnce.Do(func() {
 		var errs []error

@@ -459,7 +459,7 @@ func (r *loadRun) main() {
 // createShared creates the shared counter's session (an attribute, no
 // increment), trying a few times.
 func (r *loadRun) createShared() error {
-	var err error
+	err := errors.New("the load was stopped first")
 	for try := 0; try < 10 && !r.stopping(); try++ {
 		var code int
 		var resp server.Response
