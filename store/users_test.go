@@ -508,3 +508,36 @@ func TestUserIndexLoginRacesDestroyUser(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, alive, m)
 }
+
+// A save whose primary node died relocates the session (see Save): the
+// index lists the new id in place of the old one.
+func TestUserIndexFollowsRelocationOnSave(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	_, ip, is := st.UserIndexKey("nora")
+	var victim string
+	for _, n := range c.Nodes {
+		if n.ID != ip && n.ID != is {
+			victim = n.ID
+		}
+	}
+	s := newOn(t, st, victim)
+	require.NoError(t, s.SetUser("nora"))
+	require.NoError(t, st.Save(ctx, s))
+	old := s.ID()
+	loaded, err := st.Load(ctx, old)
+	require.NoError(t, err)
+	require.NoError(t, c.Node(victim).Kill())
+
+	require.NoError(t, loaded.Set("n", 1))
+	require.NoError(t, st.Save(ctx, loaded))
+	require.NotEqual(t, old, loaded.ID(), "relocated by the save")
+	raw, _ := rawIndex(t, c, st, ip, "nora")
+	require.Equal(t, sortedIDs(loaded), raw)
+
+	n, err := st.DestroyUser(ctx, "nora")
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	requireGone(t, c, st, loaded.ID())
+}
