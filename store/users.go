@@ -278,14 +278,19 @@ type indexChange struct {
 // rewrite applies plan to a user's index: read both copies, plan the new
 // list, write it to the first node with CAS (add when it has none), then
 // to the other node. On a CAS conflict it starts again, with a short
-// random backoff, up to maxIndexAttempts times or until ctx ends. A write
-// that failed on its node is not sent again as it was: the index is read
-// again (its outcome shows there), up to twice, and the other node is
-// written first when the first one does not answer.
+// random backoff, up to maxIndexAttempts times or until ctx ends. A read
+// or write that failed on its nodes is tried again, twice at most; a
+// failed write is not sent again as it was: the index is read again (its
+// outcome shows there), and the other node is written first when the
+// first one does not answer.
 func (st *Store) rewrite(ctx context.Context, ix userIndex, plan func(ctx context.Context, cur []indexEntry) (indexChange, bool)) (indexChange, error) {
 	faults := 0
 	for attempt := 0; attempt < maxIndexAttempts; attempt++ {
 		state, err := st.readIndex(ctx, ix)
+		if err != nil && faults < 2 && ctx.Err() == nil {
+			faults++
+			continue
+		}
 		if err != nil {
 			return indexChange{}, err
 		}
