@@ -10,6 +10,7 @@
 package mcproc
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -68,6 +69,16 @@ type Options struct {
 	// Stdout and Stderr receive memcached's output. Default: discarded. The
 	// last few kilobytes of stderr are also kept to explain failed starts.
 	Stdout, Stderr io.Writer
+
+	// TLS, when set, makes the node serve TLS only (memcached -Z, see
+	// TLS); the readiness probe, Stats and Client then speak TLS too.
+	// Default nil: plaintext. The binary must be built with TLS support
+	// (see SupportsTLS and RequireTLS).
+	TLS *TLS
+
+	// clientTLS is the probes' TLS configuration (see TLS.clientConfig);
+	// nil for a plaintext node. Set by resolve.
+	clientTLS *tls.Config
 }
 
 // FindBinary returns the path of the memcached executable found with
@@ -115,6 +126,13 @@ func (o Options) resolve() (Options, error) {
 		o.StartTimeout = defaultStartTimeout
 	}
 	o.ExtraArgs = append([]string(nil), o.ExtraArgs...)
+	if o.TLS != nil {
+		t := *o.TLS
+		o.TLS = &t
+		if o.clientTLS, err = t.clientConfig(); err != nil {
+			return o, err
+		}
+	}
 	return o, nil
 }
 

@@ -2,6 +2,7 @@ package mcproc
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -59,10 +60,11 @@ type child struct {
 
 // Start starts memcached with
 //
-//	memcached -l HOST -p PORT -U 0 -m MB -t N [-u root] [-I SIZE] EXTRA...
+//	memcached -l HOST -p PORT -U 0 -m MB -t N [-u root] [-I SIZE] [-Z -o ssl_...] EXTRA...
 //
-// (-u root only when running as root, which memcached otherwise refuses) and
-// waits until a TCP connection to the node answers "version" with
+// (-u root only when running as root, which memcached otherwise refuses;
+// -Z and its -o options with Options.TLS) and waits until a TCP
+// connection to the node (a TLS one with Options.TLS) answers "version" with
 // "VERSION", and its "stats" report the child's pid, so that a foreign
 // memcached that already owns the port is never mistaken for the new node.
 // If that does not happen within Options.StartTimeout (default 5s), or ctx
@@ -199,6 +201,9 @@ func launch(ctx context.Context, o Options, addr string) (*child, error) {
 	if o.MaxItemSize != "" {
 		args = append(args, "-I", o.MaxItemSize)
 	}
+	if o.TLS != nil {
+		args = append(args, o.TLS.args()...)
+	}
 	args = append(args, o.ExtraArgs...)
 
 	// exec.Command, not CommandContext: ctx bounds the start, not the
@@ -220,7 +225,7 @@ func launch(ctx context.Context, o Options, addr string) (*child, error) {
 		c.err = cmd.Wait()
 		close(c.done)
 	}()
-	if err := c.waitReady(ctx, addr, o.StartTimeout); err != nil {
+	if err := c.waitReady(ctx, addr, o.clientTLS, o.StartTimeout); err != nil {
 		if kerr := c.kill(); kerr != nil {
 			return nil, errors.Join(err, kerr)
 		}
@@ -231,7 +236,8 @@ func launch(ctx context.Context, o Options, addr string) (*child, error) {
 
 // waitReady polls addr until this child answers, it exits, ctx is done or
 // timeout passes. A probe in flight is abandoned as soon as the child exits.
-func (c *child) waitReady(ctx context.Context, addr string, timeout time.Duration) error {
+// With tlsCfg the probes speak TLS.
+func (c *child) waitReady(ctx context.Context, addr string, tlsCfg *tls.Config, timeout time.Duration) error {
 	tctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// Cancel probes when the child exits.
@@ -247,7 +253,7 @@ func (c *child) waitReady(ctx context.Context, addr string, timeout time.Duratio
 	pid := strconv.Itoa(c.cmd.Process.Pid)
 	for {
 		probeCtx, probeCancel := context.WithTimeout(pctx, probeTimeout)
-		stats, err := probe(probeCtx, addr)
+		stats, err := probe(probeCtx, addr, tlsCfg)
 		probeCancel()
 		if err == nil && stats["pid"] == pid {
 			return nil

@@ -196,7 +196,7 @@ func TestStartDefaults(t *testing.T) {
 func statsSettings(t *testing.T, addr string) map[string]string {
 	t.Helper()
 	var settings map[string]string
-	err := withConn(testCtx(t), addr, 5*time.Second, func(rw *bufio.ReadWriter) error {
+	err := withConn(testCtx(t), addr, nil, 5*time.Second, func(rw *bufio.ReadWriter) error {
 		if _, err := rw.WriteString("stats settings\r\n"); err != nil {
 			return err
 		}

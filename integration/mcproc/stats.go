@@ -3,6 +3,7 @@ package mcproc
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,12 +19,13 @@ const statsTimeout = 5 * time.Second
 // maxStatLines bounds how many lines a stats answer may have.
 const maxStatLines = 10000
 
-// Stats sends "stats" to the node over a new TCP connection and returns the
+// Stats sends "stats" to the node over a new TCP connection (TLS with
+// Options.TLS) and returns the
 // "STAT name value" lines of the answer as a map from name to value. It
 // gives up when ctx is done or after 5s.
 func (p *Process) Stats(ctx context.Context) (map[string]string, error) {
 	var stats map[string]string
-	err := withConn(ctx, p.addr, statsTimeout, func(rw *bufio.ReadWriter) error {
+	err := withConn(ctx, p.addr, p.opts.clientTLS, statsTimeout, func(rw *bufio.ReadWriter) error {
 		var err error
 		stats, err = requestStats(rw)
 		return err
@@ -54,10 +56,10 @@ func (p *Process) Stat(ctx context.Context, name string) (uint64, error) {
 }
 
 // probe checks that addr answers "version" with "VERSION" and returns its
-// stats.
-func probe(ctx context.Context, addr string) (map[string]string, error) {
+// stats; with tlsCfg over TLS.
+func probe(ctx context.Context, addr string, tlsCfg *tls.Config) (map[string]string, error) {
 	var stats map[string]string
-	err := withConn(ctx, addr, probeTimeout, func(rw *bufio.ReadWriter) error {
+	err := withConn(ctx, addr, tlsCfg, probeTimeout, func(rw *bufio.ReadWriter) error {
 		if _, err := rw.WriteString("version\r\n"); err != nil {
 			return err
 		}
@@ -77,13 +79,13 @@ func probe(ctx context.Context, addr string) (map[string]string, error) {
 	return stats, err
 }
 
-// withConn dials addr and runs fn on the connection. The exchange ends when
-// ctx is done or timeout has passed, whichever comes first.
-func withConn(ctx context.Context, addr string, timeout time.Duration, fn func(*bufio.ReadWriter) error) error {
+// withConn dials addr (with TLS when tlsCfg is not nil) and runs fn on the
+// connection. The exchange, the TLS handshake included, ends when ctx is
+// done or timeout has passed, whichever comes first.
+func withConn(ctx context.Context, addr string, tlsCfg *tls.Config, timeout time.Duration, fn func(*bufio.ReadWriter) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := dial(ctx, addr, tlsCfg)
 	if err != nil {
 		return err
 	}
@@ -101,6 +103,17 @@ func withConn(ctx context.Context, addr string, timeout time.Duration, fn func(*
 		return fmt.Errorf("%w (%w)", ctx.Err(), err)
 	}
 	return err
+}
+
+// dial connects to addr, over TLS with tlsCfg; the handshake is bounded
+// by ctx.
+func dial(ctx context.Context, addr string, tlsCfg *tls.Config) (net.Conn, error) {
+	if tlsCfg == nil {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	d := tls.Dialer{Config: tlsCfg}
+	return d.DialContext(ctx, "tcp", addr)
 }
 
 // requestStats sends "stats" and reads the answer.
