@@ -3,8 +3,10 @@ package meta
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -41,6 +43,11 @@ var (
 	// context.DeadlineExceeded) when every connection stayed busy until the
 	// batch's deadline: the node is overloaded, not down.
 	ErrPoolTimeout = errors.New("meta: no free connection within the timeout")
+	// ErrTLS wraps (with ErrNotSent) a failed TLS handshake with the node:
+	// a certificate that does not verify, a node that does not speak TLS,
+	// a client certificate the node refused. The tls or x509 error is in
+	// the chain.
+	ErrTLS = errors.New("meta: TLS handshake failed")
 	// errWouldWait is get's answer without wait when it would have to wait.
 	errWouldWait = errors.New("meta: would wait for a connection")
 )
@@ -54,8 +61,16 @@ type Config struct {
 	// Addr is the node's "host:port".
 	Addr string
 	// Dial opens connections. Default: a net.Dialer with DialTimeout over
-	// "tcp" (wrap it to add TLS).
+	// "tcp".
 	Dial DialFunc
+	// TLS, when not nil, makes each connection Dial opens a TLS client
+	// connection to the node. The handshake is part of the dial and
+	// bounded by its deadline; under TLS 1.3, where a node that refuses
+	// the client's certificate says so only after the client's handshake
+	// ended, the dial also waits for the answer to one no-op, so that a
+	// refusal is a dial error (nothing sent) too. An empty ServerName is
+	// taken from Addr's host. Default nil: plaintext.
+	TLS *tls.Config
 	// Timeout bounds each batch and the wait for a free connection; ctx
 	// may shorten it. Default DefaultTimeout (500 ms).
 	Timeout time.Duration
@@ -117,6 +132,7 @@ type conn struct {
 	br    *bufio.Reader
 	wbuf  []byte
 	check *connChecker
+	used  bool // a batch was answered on it
 }
 
 // NewPool returns a pool for cfg.Addr with cfg's defaults filled in. It
@@ -141,6 +157,12 @@ func NewPool(cfg Config) *Pool {
 	if cfg.Dial == nil {
 		d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
 		cfg.Dial = d.DialContext
+	}
+	if cfg.TLS != nil && cfg.TLS.ServerName == "" {
+		cfg.TLS = cfg.TLS.Clone()
+		if host, _, err := net.SplitHostPort(cfg.Addr); err == nil {
+			cfg.TLS.ServerName = host
+		}
 	}
 	return &Pool{
 		cfg:   cfg,
@@ -373,6 +395,9 @@ func (call *Call) Finish() error {
 // settle returns the connection of a batch to the pool, or closes it after
 // a failure, and returns the batch's error.
 func (p *Pool) settle(c *conn, n int, werr, rerr error) error {
+	if !c.used {
+		werr, rerr = p.plaintextHint(c, werr), p.plaintextHint(c, rerr)
+	}
 	switch {
 	case werr != nil && n == 0:
 		p.discard(c, werr)
@@ -386,6 +411,26 @@ func (p *Pool) settle(c *conn, n int, werr, rerr error) error {
 	}
 	p.put(c)
 	return nil
+}
+
+// plaintextHint adds a hint to err, the failure of the first batch on a
+// plaintext connection, when the node closed the connection: that is what
+// a memcached serving TLS (-Z) does with a plaintext client's first
+// command.
+func (p *Pool) plaintextHint(c *conn, err error) error {
+	if err == nil || isTLS(c.nc) || isTimeout(err) {
+		return err
+	}
+	var ne *net.OpError
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ne) {
+		return fmt.Errorf("%w (the node closed a new connection without answering, as a memcached serving TLS does with a plaintext client)", err)
+	}
+	return err
+}
+
+func isTLS(nc net.Conn) bool {
+	_, ok := nc.(*tls.Conn)
+	return ok
 }
 
 // syncWriteMax is the largest batch written before its answers are read.
@@ -412,7 +457,7 @@ func (p *Pool) writeWhileReading(c *conn, b []byte, reqs []Request, out []Respon
 	rerr = readAnswers(c.br, reqs, out, p.cfg.MaxValueSize)
 	if rerr != nil {
 		// Unblock a write still in progress; discard closes it again.
-		_ = c.nc.Close()
+		closeNetConn(c.nc)
 	}
 	w := <-wc
 	return w.n, w.err, rerr
@@ -481,16 +526,73 @@ func (p *Pool) dial(ctx context.Context, deadline time.Time) (*conn, error) {
 	p.dials.Add(1)
 	nc, err := p.cfg.Dial(dctx, "tcp", p.cfg.Addr)
 	if err != nil {
+		err = fmt.Errorf("dial: %w", err)
+	} else if p.cfg.TLS != nil {
+		nc, err = handshake(dctx, nc, p.cfg.TLS)
+	}
+	if err != nil {
 		<-p.slots
 		p.dialErrors.Add(1)
-		return nil, fmt.Errorf("dial: %w", err)
+		return nil, err
 	}
 	return &conn{nc: nc, br: bufio.NewReaderSize(nc, maxLine), wbuf: make([]byte, 0, 1024), check: newConnChecker(nc)}, nil
+}
+
+// handshake runs the TLS handshake of a client connection over raw, within
+// ctx's deadline, and under TLS 1.3 one no-op round trip (see
+// Config.TLS). On failure it closes raw and returns an error wrapping
+// ErrTLS.
+func handshake(ctx context.Context, raw net.Conn, cfg *tls.Config) (net.Conn, error) {
+	tc := tls.Client(raw, cfg)
+	err := tc.HandshakeContext(ctx)
+	if err == nil && tc.ConnectionState().Version >= tls.VersionTLS13 {
+		err = confirm(ctx, tc)
+	}
+	if err == nil {
+		return tc, nil
+	}
+	_ = raw.Close()
+	var rh tls.RecordHeaderError
+	if errors.As(err, &rh) {
+		return nil, fmt.Errorf("%w: %w (the node does not speak TLS: memcached serves TLS with -Z)", ErrTLS, err)
+	}
+	if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
+	return nil, fmt.Errorf("%w: %w", ErrTLS, err)
+}
+
+// confirm sends a no-op on a new TLS 1.3 connection and reads its answer,
+// within ctx's deadline: a node that refuses the client's certificate
+// answers with an alert instead.
+func confirm(ctx context.Context, tc *tls.Conn) error {
+	if d, ok := ctx.Deadline(); ok {
+		if err := tc.SetDeadline(d); err != nil {
+			return err
+		}
+	}
+	stop := context.AfterFunc(ctx, func() { _ = tc.NetConn().SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	_, werr := tc.Write([]byte("mn\r\n"))
+	var ans [4]byte
+	if _, err := io.ReadFull(tc, ans[:]); err != nil {
+		// A node that closed the connection after its alert makes the
+		// write fail with a reset; the alert may still be read.
+		if werr != nil && !isRemoteAlert(err) {
+			return werr
+		}
+		return err
+	}
+	if string(ans[:]) != "MN\r\n" {
+		return fmt.Errorf("unexpected answer %q to a no-op", ans[:])
+	}
+	return nil
 }
 
 // put returns a healthy connection to the idle set, or closes it when
 // enough are idle or the pool is closed.
 func (p *Pool) put(c *conn) {
+	c.used = true
 	p.mu.Lock()
 	if p.closed() || len(p.idle) >= p.cfg.MaxIdle {
 		p.mu.Unlock()
@@ -517,8 +619,24 @@ func (p *Pool) discard(c *conn, err error) {
 }
 
 func (p *Pool) closeConn(c *conn) {
-	_ = c.nc.Close()
+	closeNetConn(c.nc)
 	<-p.slots
+}
+
+// isRemoteAlert reports whether err is a TLS alert the node sent.
+func isRemoteAlert(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "remote error"
+}
+
+// closeNetConn closes nc; a TLS connection's socket is closed without
+// sending close_notify, which could wait (up to 5 s) for a node that
+// stopped reading or for a write in progress.
+func closeNetConn(nc net.Conn) {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	_ = nc.Close()
 }
 
 func isTimeout(err error) bool {
