@@ -8,6 +8,7 @@ package replica
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -58,8 +59,25 @@ type Config struct {
 	// DefaultMaxConns (256), at least MaxIdleConns.
 	MaxConns int
 	// DialContext opens connections to the nodes, for example through a
-	// *tls.Dialer. Default: a net.Dialer with Timeout.
+	// proxy. Default: a net.Dialer with Timeout. With TLS set, TLS runs
+	// over the connections it opens (so it must not do TLS itself).
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLS, when not nil, connects to every node with TLS (memcached 1.6
+	// started with -Z). RootCAs verifies the nodes' certificates (nil: the
+	// system's roots); Certificates holds the client certificate for nodes
+	// that require one (memcached's ssl_verify_mode=2). An empty
+	// ServerName is set, for each node, to the host of its address, so a
+	// node given as 10.0.0.1:11211 must have 10.0.0.1 among its
+	// certificate's IP addresses; a ServerName you set is used for every
+	// node. The handshake happens when a connection is opened (connections
+	// are pooled) and is bounded by Timeout; under TLS 1.3 it is followed
+	// by one no-op round trip, so that a node refusing the client
+	// certificate fails the connection rather than a command. A failed
+	// handshake is a failure of the node: the error wraps ErrNodeDown,
+	// ErrTLS and the tls or x509 cause, counts for the breaker, and is
+	// logged once until the node answers again. The config must not be
+	// changed after New. Default nil: plaintext.
+	TLS *tls.Config
 	// FailureThreshold is the number of consecutive failures after which a
 	// node's breaker opens. Default DefaultFailureThreshold (3).
 	FailureThreshold uint32
@@ -71,7 +89,10 @@ type Config struct {
 	// request, before it is dropped. Set it to at least the longest idle
 	// timeout of your sessions. Default DefaultDrainTimeout (30 min).
 	DrainTimeout time.Duration
-	// Logger receives breaker state changes and node list changes.
+	// Logger receives breaker state changes, node list changes and the
+	// first failure of a node after it last answered (with its cause,
+	// at level Error for a TLS handshake failure, Warn otherwise; the
+	// failures that follow are not logged until the node answers again).
 	// Default: logs are discarded.
 	Logger *slog.Logger
 }
@@ -100,6 +121,7 @@ type node struct {
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
 	outage  atomic.Int64 // unix nanoseconds of the last outage (breaker opened, or MarkOutage); 0 = never
 	refused atomic.Bool  // the last failure was a refused connection
+	failing atomic.Bool  // a failure was logged and the node has not answered since
 	rtt     latency.Histogram
 }
 
@@ -146,7 +168,7 @@ func New(cfg Config) (*Cluster, error) {
 func (c *Cluster) newNode(n Node) *node {
 	cfg, log := c.cfg, c.log
 	pool := meta.NewPool(meta.Config{
-		Addr: n.Addr, Dial: cfg.DialContext, Timeout: cfg.Timeout, DialTimeout: cfg.Timeout,
+		Addr: n.Addr, Dial: cfg.DialContext, TLS: cfg.TLS, Timeout: cfg.Timeout, DialTimeout: cfg.Timeout,
 		MaxConns: cfg.MaxConns, MaxIdle: cfg.MaxIdleConns,
 	})
 	threshold := cfg.FailureThreshold
@@ -426,6 +448,9 @@ func (c *Cluster) execMany(ctx context.Context, batches []ops.Batch) {
 		}
 		dones[i] = nil
 		batches[i].Err = c.nodeError(ctx, nodes[i], err)
+		if err == nil && nodes[i].failing.Load() {
+			nodes[i].failing.Store(false)
+		}
 	}
 	for i := range batches {
 		b := &batches[i]
@@ -476,8 +501,36 @@ func (c *Cluster) nodeError(ctx context.Context, n *node, err error) error {
 		return fmt.Errorf("%w: %s (%s): %w", ErrNodeBusy, n.ID, n.Addr, err)
 	}
 	n.refused.Store(errors.Is(err, syscall.ECONNREFUSED))
-	return fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
+	if errors.Is(err, meta.ErrTLS) {
+		err = tlsError{err}
+	}
+	err = fmt.Errorf("%w: %s (%s): %w", ErrNodeDown, n.ID, n.Addr, err)
+	c.logFailure(n, err)
+	return err
 }
+
+// logFailure logs err, a failure of node n, when it is the first since the
+// node last answered: a node that is down or misconfigured fails every
+// request, and one line says why.
+func (c *Cluster) logFailure(n *node, err error) {
+	if n.failing.Load() || !n.failing.CompareAndSwap(false, true) {
+		return
+	}
+	level := slog.LevelWarn
+	if errors.Is(err, ErrTLS) {
+		level = slog.LevelError
+	}
+	c.log.Log(context.Background(), level, "memcached node failed (its next failures are not logged until it answers again)",
+		"node", n.ID, "addr", n.Addr, "err", err)
+}
+
+// tlsError marks a failed TLS handshake with a node as ErrTLS, with the
+// message of the transport's error.
+type tlsError struct{ err error }
+
+func (e tlsError) Error() string        { return e.err.Error() }
+func (e tlsError) Unwrap() error        { return e.err }
+func (e tlsError) Is(target error) bool { return target == ErrTLS }
 
 // Ping checks that node id answers (a meta no-op through its breaker).
 func (c *Cluster) Ping(ctx context.Context, id string) error {
