@@ -21,6 +21,11 @@
 //	-lifetime DURATION    absolute session lifetime (default 24h)
 //	-lock-timeout DURATION  how long a request waits for the session lock (default 2s)
 //	-cookie NAME          session cookie name (default mcsession)
+//	-tls-ca FILE          connect to memcached with TLS, trusting the CA
+//	                      certificates in FILE (PEM) for the nodes' certificates
+//	-tls-cert FILE        with -tls-key: the client certificate (PEM) presented
+//	                      to nodes that require one (mutual TLS); needs -tls-ca
+//	-tls-key FILE         the client certificate's private key (PEM)
 //
 // Once it listens, it prints one line to standard output:
 //
@@ -35,6 +40,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -67,9 +74,10 @@ func main() {
 
 // options are the parsed command line.
 type options struct {
-	listen    string
-	nodesFile string
-	cfg       server.Config
+	listen                 string
+	nodesFile              string
+	tlsCA, tlsCert, tlsKey string
+	cfg                    server.Config
 }
 
 // parseFlags parses the command line into options.
@@ -90,6 +98,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.cfg.Sticky, "sticky", false, "sticky mode: keep sessions in this server's memory, check memcached's version before serving one")
 	fs.BoolVar(&o.cfg.StickyTrust, "sticky-trust", false, "with -sticky: serve the local copy without the version check (msm's behaviour: stale after failback)")
 	fs.BoolVar(&o.cfg.AsyncBackup, "async-backup", false, "asynchronous writes: the backup copy (non-sticky) or the whole write (-sticky) after the response; flushed on SIGTERM/SIGINT")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "connect to memcached with TLS, trusting the CA certificates in `file` (PEM)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "client certificate `file` (PEM) for memcached nodes that require one; with -tls-key and -tls-ca")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "private key `file` (PEM) of -tls-cert")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -112,7 +123,44 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.cfg.StickyTrust && !o.cfg.Sticky {
 		return o, errors.New("-sticky-trust needs -sticky")
 	}
+	tlsCfg, err := loadTLS(o.tlsCA, o.tlsCert, o.tlsKey)
+	if err != nil {
+		return o, err
+	}
+	o.cfg.TLS = tlsCfg
 	return o, nil
+}
+
+// loadTLS returns the TLS configuration of the memcached connections: nil
+// without caFile; otherwise the CA certificates of caFile as roots and,
+// with certFile and keyFile (both or neither), the client certificate.
+func loadTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("-tls-cert and -tls-key go together")
+	}
+	if caFile == "" {
+		if certFile != "" {
+			return nil, errors.New("-tls-cert and -tls-key need -tls-ca (the CA that signed memcached's certificate)")
+		}
+		return nil, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("-tls-ca: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("-tls-ca %s: no PEM certificate in it", caFile)
+	}
+	cfg := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("-tls-cert, -tls-key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
 }
 
 // run parses args, serves until SIGINT or SIGTERM, and shuts down.

@@ -34,6 +34,7 @@ package server
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -122,6 +123,11 @@ type Config struct {
 	// the backup copy in non-sticky mode, the whole write in sticky mode.
 	// Default false.
 	AsyncBackup bool
+	// TLS, when not nil, connects to memcached with TLS
+	// (replica.Config.TLS): RootCAs verifies the nodes' certificates,
+	// Certificates holds a client certificate for nodes that require one.
+	// Default nil: plaintext.
+	TLS *tls.Config
 	// Logger receives the session layer's failures, relocations and
 	// breaker changes. Default slog.Default().
 	Logger *slog.Logger
@@ -269,7 +275,7 @@ func New(cfg Config) (*Server, error) {
 			regexp.MustCompile(`^/metrics$`),
 		},
 		Logger:  cfg.Logger,
-		Cluster: replica.Config{DrainTimeout: cmp.Or(cfg.DrainTimeout, cfg.IdleTimeout)},
+		Cluster: replica.Config{DrainTimeout: cmp.Or(cfg.DrainTimeout, cfg.IdleTimeout), TLS: cfg.TLS},
 		Store: store.Config{
 			IdleTimeout: cfg.IdleTimeout, Lifetime: cfg.Lifetime,
 			Sticky: cfg.Sticky, TrustSticky: cfg.StickyTrust, AsyncWrites: cfg.AsyncBackup,
