@@ -58,8 +58,10 @@ func (st *Store) loadRemote(ctx context.Context, id, base, node string) (*Sessio
 		return st.loadDraining(ctx, id, base, node)
 	}
 	key := st.key(id)
-	it, err := ops.Get(ctx, st.view, node, key)
+	it, movedTo, err := st.getPrimary(ctx, id, node, key)
 	switch {
+	case err == nil && movedTo != "":
+		return st.followMoved(ctx, id, base, node, &it, movedTo)
 	case err == nil:
 		return st.fromPrimary(ctx, id, base, node, &it)
 	case errors.Is(err, ops.ErrMiss):
@@ -293,6 +295,10 @@ func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target stri
 		return err
 	}
 	st.view.MarkOutage(dead) // it may come back with the old copy
+	if exp, ok := s.exptime(); ok {
+		// A load of oldID that reaches dead's old copy finds these.
+		st.writeMarkers(ctx, oldID, dead, newID, exp)
+	}
 	if b := st.view.BackupOf(target, dead); b != "" {
 		raw, version, _, err := s.encode(0)
 		if exp, ok := s.exptime(); ok && err == nil {

@@ -67,7 +67,7 @@ func lkRunIncrements(ctx context.Context, stores []*store.Store, workers, attemp
 					res.conflicts.Add(1)
 				default:
 					res.other.Add(1)
-					res.firstOther.CompareAndSwap(nil, err)
+					res.firstOther.CompareAndSwap(nil, otherErr{err})
 				}
 			}
 		}()
@@ -149,7 +149,8 @@ func TestLockLostUpdate(t *testing.T) {
 				return tt.cycle(ctx, st, id)
 			})
 			require.NoError(t, ctx.Err(), "ran out of time")
-			if err, _ := res.firstOther.Load().(error); err != nil {
+			if e, ok := res.firstOther.Load().(otherErr); ok {
+				err := e.err
 				require.NoError(t, err, "%d unexpected failures", res.other.Load())
 			}
 			final := lkCounter(t, stores[1], id)
@@ -351,3 +352,7 @@ func TestLockNotFoundHoldsNoLock(t *testing.T) {
 	_, err = st.LoadLocked(ctx, "not-an-id")
 	require.ErrorIs(t, err, store.ErrNotFound)
 }
+
+// otherErr wraps an unexpected error so that errors of any type fit one
+// atomic.Value.
+type otherErr struct{ err error }

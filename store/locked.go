@@ -53,7 +53,12 @@ func (st *Store) loadLocked(ctx context.Context, id string) (*Session, error) {
 		return nil, ErrNotFound
 	}
 	key := st.key(id)
+	// The moved marker (see moved.go) is read on another node while the
+	// lock is taken, so that it costs no round trip of its own.
+	movedc := make(chan string, 1)
+	go func() { movedc <- st.marker(ctx, id, node) }()
 	lk, items, err := st.locker.AcquireAndGet(ctx, node, st.lkey(id), key)
+	movedTo := <-movedc
 	if errors.Is(err, replica.ErrNodeDown) {
 		// Relocate (unlocked), then lock the session where it now lives.
 		s, err := st.load(ctx, id)
@@ -73,6 +78,8 @@ func (st *Store) loadLocked(ctx context.Context, id string) (*Session, error) {
 		// Moved off the draining node under the old id's lock (so two
 		// requests never move it at once), then locked again below.
 		s, err = st.loadDraining(ctx, id, base, node)
+	} else if it.Found && movedTo != "" {
+		s, err = st.followMoved(ctx, id, base, node, itemOf(key, it), movedTo) // the newest copy is locked again below
 	} else if it.Found {
 		s, err = st.fromPrimary(ctx, id, base, node, itemOf(key, it)) // a moved copy is locked again below
 	} else {

@@ -174,6 +174,12 @@ func (st *Store) save(ctx context.Context, s *Session) error {
 		// Overwrite the backup copy only where one exists, so that a stale
 		// save cannot bring back a session that was deleted meanwhile.
 		w.breq.Mode = meta.ModeReplace
+		if st.async == nil || st.cache != nil {
+			// And learn whether the session moved away meanwhile
+			// (moved.go). Not with non-sticky AsyncWrites, whose save
+			// does not wait for the backup node.
+			w.mnode, w.mkey = st.markerNode(node), st.mkey(id)
+		}
 	}
 	var pErr, bErr error
 	var newCAS uint64
@@ -198,6 +204,12 @@ func (st *Store) save(ctx context.Context, s *Session) error {
 		w.primary, w.preq.Key, w.backup, w.breq.Key = node, key, backup, bkey
 		s.setID(id, false)
 		pErr, bErr, newCAS = st.replicate(ctx, &w, false)
+	}
+	if w.moved {
+		// This request loaded a copy that was relocated meanwhile (its
+		// node hung while another app server moved it): what it wrote
+		// there is removed again, and the request gets a conflict.
+		return st.movedWhileSaving(ctx, id, node, key, newCAS, pErr, backup, bkey, bErr)
 	}
 	backupMissing := errors.Is(bErr, ops.ErrNotStored)
 	primaryLost := false
@@ -307,6 +319,11 @@ type write struct {
 	preq    meta.Request
 	backup  string // "" for no backup copy
 	breq    meta.Request
+	// mnode and mkey name the session's moved marker, read in the same
+	// round trip (in the backup's batch when mnode is the backup node);
+	// moved reports that it was found. mnode "" reads none.
+	mnode, mkey string
+	moved       bool
 }
 
 // replicate sends the primary and the backup write together (both are
@@ -319,20 +336,35 @@ func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pEr
 	var (
 		preqs   [1]meta.Request
 		pout    [1]meta.Response
-		breqs   [1]meta.Request
-		bout    [1]meta.Response
-		batches [2]ops.Batch
+		breqs   [2]meta.Request
+		bout    [2]meta.Response
+		mreqs   [1]meta.Request
+		mout    [1]meta.Response
+		batches [3]ops.Batch
 	)
 	list := batches[:0]
 	if !skipPrimary {
 		preqs[0] = w.preq
 		list = append(list, ops.Batch{Node: w.primary, Reqs: preqs[:], Out: pout[:]})
 	}
+	bi, mi, mr := -1, -1, 0 // indexes of the backup's and the marker's batch, the marker's request
 	if w.backup != "" {
 		breqs[0] = w.breq
-		list = append(list, ops.Batch{Node: w.backup, Reqs: breqs[:], Out: bout[:]})
+		bi = len(list)
+		list = append(list, ops.Batch{Node: w.backup, Reqs: breqs[:1], Out: bout[:1]})
+		if w.mnode == w.backup {
+			breqs[1] = markerRequest(w.mkey)
+			list[bi].Reqs, list[bi].Out = breqs[:2], bout[:2]
+			mi, mr = bi, 1
+		}
+	}
+	if w.mnode != "" && mi < 0 {
+		mreqs[0] = markerRequest(w.mkey)
+		mi = len(list)
+		list = append(list, ops.Batch{Node: w.mnode, Reqs: mreqs[:], Out: mout[:]})
 	}
 	st.view.ExecMany(ctx, list)
+	w.moved = mi >= 0 && list[mi].Err == nil && list[mi].Out[mr].Status == meta.StatusOK
 	if skipPrimary {
 		pErr = ops.ErrMiss
 	} else if err := list[0].Err; err != nil {
@@ -340,9 +372,8 @@ func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pEr
 	} else {
 		pErr, cas = ops.Answer(&pout[0]), pout[0].CAS
 	}
-	if w.backup != "" {
-		b := list[len(list)-1]
-		if bErr = b.Err; bErr == nil {
+	if bi >= 0 {
+		if bErr = list[bi].Err; bErr == nil {
 			bErr = ops.Answer(&bout[0])
 		}
 	}

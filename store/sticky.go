@@ -355,10 +355,10 @@ func (st *Store) loadSticky(ctx context.Context, id string) (*Session, error) {
 			return s, nil
 		}
 		_, atNode, _ := splitID(at)
-		resp, err := ops.Do(ctx, st.view, atNode, ops.VersionRequest(st.key(at)))
+		there, moved := st.probe(ctx, at, atNode, st.key(at))
 		st.cache.mu.Lock()
 		st.cache.probes++
-		if err == nil && resp.Status == meta.StatusOK && resp.CAS == cas {
+		if there == cas && !moved {
 			st.cache.mu.Unlock()
 			s.casID = cas
 			st.stats.loads.Add(1)

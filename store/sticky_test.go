@@ -74,7 +74,7 @@ func TestStickyServesFromTheCache(t *testing.T) {
 			require.Equal(t, gets, sumStat(t, c, "cmd_get"), "no memcached read")
 		} else {
 			require.Equal(t, uint64(5), cs.Probes)
-			require.Equal(t, gets+5, sumStat(t, c, "cmd_get"), "one probe per load")
+			require.Equal(t, gets+10, sumStat(t, c, "cmd_get"), "one probe and one moved-marker read per load")
 		}
 	}
 }

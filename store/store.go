@@ -245,8 +245,8 @@ type Store struct {
 
 // counters are the store's event counts.
 type counters struct {
-	loads, saves, skipped, touches, touchesSkipped, conflicts, restores, relocations, drained, corrupt, backupFailures, singleCopy atomic.Uint64
-	loadLatency, saveLatency                                                                                                       latency.Histogram
+	loads, saves, skipped, touches, touchesSkipped, conflicts, restores, relocations, drained, corrupt, backupFailures, singleCopy, staleRemoved, staleRefused atomic.Uint64
+	loadLatency, saveLatency                                                                                                                                   latency.Histogram
 }
 
 // Stats is a snapshot of a Store's event counts since it was created.
@@ -269,6 +269,14 @@ type Stats struct {
 	// Relocations counts sessions moved to a new primary after a node
 	// failure, or off a draining node (see Drained).
 	Relocations uint64
+	// StaleRemoved counts old copies of relocated sessions found on their
+	// former node (it hung and came back) and deleted, after the load that
+	// found them returned the relocated copy.
+	StaleRemoved uint64
+	// StaleRefused counts loads refused with ErrUnavailable because the
+	// session had moved and none of the copies that may be newer than the
+	// one found could be read.
+	StaleRefused uint64
 	// Drained counts sessions moved off a node that
 	// replica.Cluster.SetNodes removed (also counted in Relocations), or
 	// copied to the new address of a node whose address changed.
@@ -410,8 +418,8 @@ func (st *Store) Stats() Stats {
 		Loads: c.loads.Load(), Saves: c.saves.Load(), SkippedSaves: c.skipped.Load(),
 		Touches: c.touches.Load(), TouchesSkipped: c.touchesSkipped.Load(), Conflicts: c.conflicts.Load(), Restores: c.restores.Load(),
 		Relocations: c.relocations.Load(), Drained: c.drained.Load(), Corrupt: c.corrupt.Load(), BackupFailures: c.backupFailures.Load(),
-		SingleCopySaves: c.singleCopy.Load(),
-		LoadLatency:     c.loadLatency.Snapshot(), SaveLatency: c.saveLatency.Snapshot(),
+		SingleCopySaves: c.singleCopy.Load(), StaleRemoved: c.staleRemoved.Load(), StaleRefused: c.staleRefused.Load(),
+		LoadLatency: c.loadLatency.Snapshot(), SaveLatency: c.saveLatency.Snapshot(),
 	}
 	if w := st.async; w != nil {
 		s.AsyncQueued, s.AsyncCoalesced, s.AsyncWritten = w.queued.Load(), w.coalesced.Load(), w.written.Load()
