@@ -270,6 +270,22 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 	if err != nil {
 		return nil, err
 	}
+	// Mark the old id as moving before the copy that is moved is final: an
+	// app server that still reaches the old node and saves there either
+	// wrote its backup copy before the mark (then the second read below
+	// sees that version) or reads the mark in its save's backup batch and
+	// gets a conflict. No save is acknowledged on the copy left behind.
+	if exp, ok := s.exptime(); ok {
+		st.writeMarkers(ctx, id, node, markMoving, exp)
+	}
+	s, from, moved, err = st.findBackup(ctx, id, base, node, bkey)
+	if moved {
+		st.stats.loads.Add(1)
+		return s, nil
+	}
+	if err != nil {
+		return nil, err
+	}
 	if err := st.moveTo(ctx, s, base, node, from, false); err != nil {
 		return nil, fmt.Errorf("store: relocate %s to %s: %w", id, from, err)
 	}

@@ -30,6 +30,10 @@ import (
 // the backup write's batch) and answers ErrConflict when the session moved
 // while the request held the old copy.
 
+// markMoving is the value of a moved marker written before a relocation
+// (see relocate): the session is being moved, its new id not yet known.
+const markMoving = "-"
+
 // mkey is the key of the moved marker of session id.
 func (st *Store) mkey(id string) string { return st.prefix + "moved:" + id }
 
@@ -120,55 +124,59 @@ type followDepthKey struct{}
 const maxFollowDepth = 4
 
 // followMoved handles a primary copy of id (it, read from node) whose
-// moved marker was found: the newest copy among it, the backup copy and
-// the relocated copies wins. An older primary copy is deleted (CAS-guarded,
-// so a copy that changed meanwhile stays). When the copies that may be
-// newer cannot be read, the session is unavailable rather than served
-// from a copy that may be old; when none exists any more (the moved
-// session was destroyed or expired), it is not found.
+// moved marker was found, with the marker's value movedTo.
+//
+// A marker naming the new id: the session lives there now, whatever the
+// version of this copy (a save that reached this copy after the marker
+// was written was answered with a conflict, and one before it was moved
+// along). The relocated copy is loaded (found among the candidates, or by
+// its id with its own failover), and this copy is deleted with a CAS
+// guard. When the relocated copy cannot be read, the load fails with
+// ErrUnavailable rather than serve this copy; when it no longer exists
+// (destroyed or expired), the session is not found.
+//
+// A marker saying "moving" (a relocation under way, or one that did not
+// finish): the highest version among this copy and the others wins.
 func (st *Store) followMoved(ctx context.Context, id, base, node string, it *ops.Item, movedTo string) (*Session, error) {
 	primary, perr := st.decode(id, it)
 	best, _, moved, err := st.findBackup(ctx, id, base, node, st.bkey(id))
-	if errors.Is(err, ErrUnavailable) && movedTo != "" && movedTo != id {
-		// The copies at base-<candidate> cannot all be read: load the id
-		// the marker names, with its own failover (its backup copy).
-		if s, ok := st.loadMovedTo(ctx, movedTo); ok && (perr != nil || s.version >= primary.version) {
+	if movedTo == markMoving {
+		switch {
+		case err != nil && perr == nil:
+			st.stats.loads.Add(1)
+			return primary, nil // the only copy that can be read
+		case err != nil:
+			return nil, err
+		case perr == nil && (primary.version > best.version || primary.version == best.version && !moved):
+			st.stats.loads.Add(1)
+			return primary, nil
+		}
+		if moved {
+			st.removeStale(ctx, id, node, it)
+		}
+		st.stats.loads.Add(1)
+		return best, nil
+	}
+	if err == nil && moved {
+		st.removeStale(ctx, id, node, it)
+		st.stats.loads.Add(1)
+		st.log.Warn("old copy of a relocated session found on its former node: loading the relocated one", "id", id, "to", best.ID())
+		return best, nil
+	}
+	if !errors.Is(err, ErrNotFound) && movedTo != id {
+		// The relocated copy was not among those read: load it by its id.
+		if s, ok := st.loadMovedTo(ctx, movedTo); ok {
 			st.removeStale(ctx, id, node, it)
 			s.oldID = id
 			st.log.Warn("old copy of a relocated session found on its former node: loading the relocated one", "id", id, "to", s.ID())
 			return s, nil
 		}
-	}
-	switch {
-	case errors.Is(err, ErrUnavailable):
 		st.stats.staleRefused.Add(1)
-		st.log.Warn("session moved away from its node, and the copies that may be newer cannot be read: refused", "id", id, "err", err)
-		return nil, err
-	case errors.Is(err, ErrNotFound):
-		st.removeStale(ctx, id, node, it)
-		return nil, fmt.Errorf("%w: %s moved away and no copy is left", ErrNotFound, id)
-	case err != nil:
-		return nil, err
-	}
-	if perr == nil && (primary.version > best.version || primary.version == best.version && !moved) {
-		// The primary copy is the newest (it was moved back here, or only
-		// an old backup copy was found): keep it.
-		st.stats.loads.Add(1)
-		return primary, nil
+		st.log.Warn("session relocated away from its node, and its relocated copy cannot be read: refused", "id", id, "to", movedTo, "err", err)
+		return nil, fmt.Errorf("%w: %s was relocated to %s, which cannot be read", ErrUnavailable, id, movedTo)
 	}
 	st.removeStale(ctx, id, node, it)
-	if moved {
-		st.stats.loads.Add(1)
-		st.log.Warn("old copy of a relocated session found on its former node: loading the relocated one", "id", id, "to", best.ID())
-		return best, nil
-	}
-	// A backup copy newer than the primary's: restore it there.
-	if err := st.putPrimary(ctx, best, node, it.Key, false); err != nil {
-		return nil, fmt.Errorf("store: restore %s: %w", id, err)
-	}
-	st.stats.restores.Add(1)
-	st.stats.loads.Add(1)
-	return best, nil
+	return nil, fmt.Errorf("%w: %s was relocated and no copy is left", ErrNotFound, id)
 }
 
 // removeStale deletes the old primary copy it of id on node, unless it
@@ -203,12 +211,11 @@ func (st *Store) writeMarkers(ctx context.Context, oldID, oldNode, newID string,
 		if !st.view.Healthy(n) {
 			continue
 		}
-		batches = append(batches, ops.Batch{Node: n,
-			Reqs: []meta.Request{
-				{Command: meta.Set, Key: mkey, Value: []byte(newID), TTL: exp},
-				{Command: meta.Delete, Key: newMkey},
-			},
-			Out: make([]meta.Response, 2)})
+		reqs := []meta.Request{{Command: meta.Set, Key: mkey, Value: []byte(newID), TTL: exp}}
+		if newID != markMoving {
+			reqs = append(reqs, meta.Request{Command: meta.Delete, Key: newMkey})
+		}
+		batches = append(batches, ops.Batch{Node: n, Reqs: reqs, Out: make([]meta.Response, len(reqs))})
 	}
 	st.view.ExecMany(ctx, batches)
 	for _, b := range batches {
@@ -248,19 +255,13 @@ func (st *Store) probe(ctx context.Context, id, node, key string) (cas uint64, m
 	return pout[0].CAS, moved
 }
 
-// movedWhileSaving undoes a save of session id whose moved marker the
-// save found: the primary copy it wrote (CAS-guarded) and the backup copy
-// it may have written are deleted, and the save is a conflict. pErr and
-// bErr are the writes' errors, newCAS the primary's new CAS id.
-func (st *Store) movedWhileSaving(ctx context.Context, id, node, key string, newCAS uint64, pErr error, backup, bkey string, bErr error) error {
-	if pErr == nil {
-		if err := ops.Delete(ctx, st.view, node, key, newCAS); err != nil && !errors.Is(err, ops.ErrMiss) && !errors.Is(err, ops.ErrCASConflict) {
-			st.log.Warn("could not delete a save to the old copy of a relocated session", "id", id, "node", node, "err", err)
-		}
-	}
-	if backup != "" && bErr == nil {
-		_ = ops.Delete(ctx, st.view, backup, bkey, 0)
-	}
+// movedWhileSaving answers a save of session id whose moved marker the
+// save found with ErrConflict: the session was relocated (or is being
+// relocated) while this request held the copy it loaded. What the save
+// wrote stays where it is: loads follow the marker to the relocated copy,
+// and a relocation under way may have taken this write along, so it may
+// be stored, but it is not acknowledged.
+func (st *Store) movedWhileSaving(id string) error {
 	st.stats.conflicts.Add(1)
 	st.log.Warn("save refused: the session was relocated while this request held its old copy", "id", id)
 	return fmt.Errorf("%w: %s was relocated while this request held an old copy", ErrConflict, id)

@@ -126,10 +126,11 @@ func TestSaveAfterRelocationConflicts(t *testing.T) {
 
 	require.NoError(t, inFlight.Set("n", 100))
 	require.ErrorIs(t, b.Save(ctx, inFlight), store.ErrConflict)
-	_, err = c.Node("n1").Client().Get(oldID)
-	require.ErrorIs(t, err, memcache.ErrCacheMiss, "the refused write is removed")
-	n, _ := counterOf(t, b, oldID)
+	n, now := counterOf(t, b, oldID)
 	require.Equal(t, 1, n, "A's increment, not B's refused write")
+	require.Equal(t, id, now)
+	_, err = c.Node("n1").Client().Get(oldID)
+	require.ErrorIs(t, err, memcache.ErrCacheMiss, "the old copy, with the refused write, is deleted by the next load")
 }
 
 // The session moved, then the node of the moved copy (which is also the

@@ -207,9 +207,8 @@ func (st *Store) save(ctx context.Context, s *Session) error {
 	}
 	if w.moved {
 		// This request loaded a copy that was relocated meanwhile (its
-		// node hung while another app server moved it): what it wrote
-		// there is removed again, and the request gets a conflict.
-		return st.movedWhileSaving(ctx, id, node, key, newCAS, pErr, backup, bkey, bErr)
+		// node hung while another app server moved it): a conflict.
+		return st.movedWhileSaving(id)
 	}
 	backupMissing := errors.Is(bErr, ops.ErrNotStored)
 	primaryLost := false
