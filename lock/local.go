@@ -3,6 +3,7 @@ package lock
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,13 +17,15 @@ import (
 // waits for a held key as Locker.Acquire does (Config.WaitTimeout, or
 // WithWaitTimeout's value) and is safe for concurrent use.
 type Local struct {
-	wait time.Duration
+	wait    time.Duration
+	maxHold time.Duration // <= 0: no limit
+	log     *slog.Logger
 
 	mu   sync.Mutex
 	keys map[string]*localKey
 
-	acquired, waited, waitNanos, timeouts, released atomic.Uint64
-	acquireLatency                                  latency.Histogram
+	acquired, waited, waitNanos, timeouts, released, lapsed atomic.Uint64
+	acquireLatency                                          latency.Histogram
 }
 
 // localKey is the state of one key: a token channel of capacity one
@@ -34,20 +37,24 @@ type localKey struct {
 }
 
 // NewLocal returns a Local with cfg's WaitTimeout (default
-// DefaultWaitTimeout); the other fields of cfg do not apply in process.
+// DefaultWaitTimeout), MaxHold (default DefaultMaxHold: a lock held that
+// long is released, counted and logged) and Logger; the other fields of
+// cfg do not apply in process.
 func NewLocal(cfg Config) *Local {
 	if cfg.WaitTimeout <= 0 {
 		cfg.WaitTimeout = DefaultWaitTimeout
 	}
-	return &Local{wait: cfg.WaitTimeout, keys: make(map[string]*localKey)}
+	return &Local{wait: cfg.WaitTimeout, maxHold: maxHold(cfg.MaxHold), log: logger(cfg.Logger), keys: make(map[string]*localKey)}
 }
 
 // LocalLock is a held Local lock.
 type LocalLock struct {
-	l    *Local
-	key  string
-	k    *localKey
-	once sync.Once
+	l      *Local
+	key    string
+	k      *localKey
+	once   sync.Once
+	lapse  *time.Timer // releases the lock after Local's maxHold
+	lapsed atomic.Bool
 }
 
 // Acquire takes the lock of key, waiting while another goroutine holds
@@ -70,8 +77,7 @@ func (l *Local) Acquire(ctx context.Context, key string) (*LocalLock, error) {
 	}
 	select {
 	case k.token <- struct{}{}:
-		l.acquired.Add(1)
-		return &LocalLock{l: l, key: key, k: k}, nil
+		return l.held(key, k), nil
 	default:
 	}
 	l.waited.Add(1)
@@ -85,8 +91,7 @@ func (l *Local) Acquire(ctx context.Context, key string) (*LocalLock, error) {
 	defer timer.Stop()
 	select {
 	case k.token <- struct{}{}:
-		l.acquired.Add(1)
-		return &LocalLock{l: l, key: key, k: k}, nil
+		return l.held(key, k), nil
 	case <-timer.C:
 		l.unref(key, k)
 		l.timeouts.Add(1)
@@ -118,15 +123,42 @@ func (l *Local) Held() int {
 func (l *Local) Stats() Stats {
 	return Stats{
 		Acquired: l.acquired.Load(), Waited: l.waited.Load(), WaitTime: time.Duration(l.waitNanos.Load()),
-		Timeouts: l.timeouts.Load(), Released: l.released.Load(), AcquireLatency: l.acquireLatency.Snapshot(),
+		Timeouts: l.timeouts.Load(), Released: l.released.Load(), Lapsed: l.lapsed.Load(),
+		AcquireLatency: l.acquireLatency.Snapshot(),
 	}
 }
+
+// held counts an acquired lock and returns it, with its lapse timer.
+func (l *Local) held(key string, k *localKey) *LocalLock {
+	l.acquired.Add(1)
+	lk := &LocalLock{l: l, key: key, k: k}
+	if l.maxHold > 0 {
+		lk.lapse = time.AfterFunc(l.maxHold, func() {
+			lk.once.Do(func() {
+				lk.lapsed.Store(true)
+				l.lapsed.Add(1)
+				l.log.Warn("session lock held too long in process: released", "key", key, "max_hold", l.maxHold)
+				<-k.token
+				l.unref(key, k)
+			})
+		})
+	}
+	return lk
+}
+
+// Lapsed reports whether the lock was released because it was held for
+// Config.MaxHold.
+func (lk *LocalLock) Lapsed() bool { return lk.lapsed.Load() }
 
 // Key returns the locked key.
 func (lk *LocalLock) Key() string { return lk.key }
 
-// Release releases the lock; a second Release is a no-op.
+// Release releases the lock; a second Release, or one after the lock
+// lapsed, is a no-op.
 func (lk *LocalLock) Release() {
+	if lk.lapse != nil {
+		lk.lapse.Stop()
+	}
 	lk.once.Do(func() {
 		<-lk.k.token
 		lk.l.released.Add(1)

@@ -1,7 +1,9 @@
 package lock_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -84,4 +86,51 @@ func TestLocalTimeoutAndContext(t *testing.T) {
 	require.Positive(t, st.WaitTime)
 	require.Equal(t, uint64(7), st.AcquireLatency.Count, "every Acquire call, failures included")
 	require.Zero(t, st.Renewals+st.Lost)
+}
+
+// A lock held for MaxHold is released by itself, counted and logged; the
+// holder's late Release does not release the next holder's lock.
+func TestLocalMaxHold(t *testing.T) {
+	var logs syncBuffer
+	l := lock.NewLocal(lock.Config{MaxHold: 50 * time.Millisecond, WaitTimeout: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	hung, err := l.Acquire(context.Background(), "a")
+	require.NoError(t, err)
+	next, err := l.Acquire(context.Background(), "a") // waits until hung lapses
+	require.NoError(t, err)
+	require.True(t, hung.Lapsed())
+	require.False(t, next.Lapsed())
+	hung.Release() // late: a no-op
+	_, err = l.Acquire(lock.WithWaitTimeout(context.Background(), 20*time.Millisecond), "a")
+	require.ErrorIs(t, err, lock.ErrLockTimeout, "next still holds it")
+	next.Release()
+	st := l.Stats()
+	require.Equal(t, uint64(1), st.Lapsed)
+	require.Equal(t, uint64(1), st.Released)
+	require.Contains(t, logs.String(), "session lock held too long in process")
+
+	unlimited := lock.NewLocal(lock.Config{MaxHold: -1})
+	lk, err := unlimited.Acquire(context.Background(), "a")
+	require.NoError(t, err)
+	require.False(t, lk.Lapsed())
+	lk.Release()
+	require.Zero(t, unlimited.Stats().Lapsed)
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -35,6 +36,10 @@ const (
 	DefaultBackoffStart = 2 * time.Millisecond
 	// DefaultBackoffMax caps the wait between two attempts.
 	DefaultBackoffMax = 50 * time.Millisecond
+	// DefaultMaxHold is how long a lock is kept at most: after that its
+	// renewal stops and it lapses (within TTL), so that a handler that
+	// hangs cannot lock its user out for good.
+	DefaultMaxHold = 5 * time.Minute
 )
 
 var (
@@ -63,6 +68,16 @@ type Config struct {
 	// be shorter than TTL (New fails otherwise). Default TTL/3. A negative
 	// value turns renewal off.
 	RenewEvery time.Duration
+	// MaxHold bounds how long a lock is held: once it has been held this
+	// long, renewal stops (the memcached lock expires within TTL; the
+	// in-process lock of sticky mode is released at once), the lapse is
+	// counted (Stats.Lapsed) and logged, and the next request of the
+	// session may take it. The late holder's save is still CAS-guarded:
+	// it gets a conflict if the next holder saved first. Default
+	// DefaultMaxHold (5 min); a negative value means no limit.
+	MaxHold time.Duration
+	// Logger receives lock lapses. Default: logs are discarded.
+	Logger *slog.Logger
 }
 
 // Locker takes and releases session locks on a cluster. It is safe for
@@ -70,6 +85,7 @@ type Config struct {
 type Locker struct {
 	cluster ops.View
 	cfg     Config
+	log     *slog.Logger
 	m       metrics
 
 	// uncertain holds the owner tokens of adds whose outcome is unknown
@@ -85,8 +101,8 @@ type pendingToken struct {
 }
 
 type metrics struct {
-	acquired, waited, waitNanos, timeouts, renewals, lost, released atomic.Uint64
-	acquire                                                         latency.Histogram
+	acquired, waited, waitNanos, timeouts, renewals, lost, released, lapsed atomic.Uint64
+	acquire                                                                 latency.Histogram
 }
 
 // Stats is a snapshot of a Locker's counts since it was created.
@@ -105,6 +121,9 @@ type Stats struct {
 	Lost uint64
 	// Released counts locks released by their owner.
 	Released uint64
+	// Lapsed counts locks whose renewal stopped (or, in process, that were
+	// released) because they were held for Config.MaxHold.
+	Lapsed uint64
 	// AcquireLatency is the time Acquire and AcquireAndGet took, waits for
 	// held locks and failures included.
 	AcquireLatency latency.Snapshot
@@ -139,7 +158,8 @@ func New(cluster *replica.Cluster, cfg Config) (*Locker, error) {
 	if cfg.RenewEvery >= cfg.TTL {
 		return nil, fmt.Errorf("lock: RenewEvery %v must be shorter than TTL %v, or the lock expires between renewals", cfg.RenewEvery, cfg.TTL)
 	}
-	return &Locker{cluster: ops.Of(cluster), cfg: cfg, uncertain: make(map[string][]pendingToken)}, nil
+	cfg.MaxHold = maxHold(cfg.MaxHold)
+	return &Locker{cluster: ops.Of(cluster), cfg: cfg, log: logger(cfg.Logger), uncertain: make(map[string][]pendingToken)}, nil
 }
 
 // Config returns the configuration in force, defaults filled in.
@@ -151,7 +171,7 @@ func (l *Locker) Stats() Stats {
 		Acquired: l.m.acquired.Load(), Waited: l.m.waited.Load(),
 		WaitTime: time.Duration(l.m.waitNanos.Load()), Timeouts: l.m.timeouts.Load(),
 		Renewals: l.m.renewals.Load(), Lost: l.m.lost.Load(), Released: l.m.released.Load(),
-		AcquireLatency: l.m.acquire.Snapshot(),
+		Lapsed: l.m.lapsed.Load(), AcquireLatency: l.m.acquire.Snapshot(),
 	}
 }
 
@@ -534,6 +554,12 @@ func (lk *Lock) scheduleRenewal() {
 		return
 	}
 	lk.renewal = time.AfterFunc(every, func() {
+		if limit := lk.l.cfg.MaxHold; limit > 0 && lk.HeldFor() >= limit {
+			lk.l.m.lapsed.Add(1)
+			lk.l.log.Warn("session lock held too long: renewal stopped, it lapses within its TTL",
+				"key", lk.key, "held", lk.HeldFor().Round(time.Millisecond), "max_hold", limit, "ttl", lk.l.cfg.TTL)
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), lk.l.cfg.TTL/3)
 		defer cancel()
 		// A lost lock stops renewing; a passing network error does not:
@@ -704,4 +730,22 @@ func (lk *Lock) CAS() uint64 {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
 	return lk.cas
+}
+
+// maxHold applies Config.MaxHold's default: 0 gives DefaultMaxHold; a
+// negative value (no limit) stays.
+func maxHold(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return DefaultMaxHold
+	}
+	return d
+}
+
+// logger returns l, or a logger that discards everything.
+func logger(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -61,17 +62,21 @@ func TestLockNewConfig(t *testing.T) {
 		{name: "defaults", cfg: lock.Config{}, want: lock.Config{
 			TTL: lock.DefaultTTL, WaitTimeout: lock.DefaultWaitTimeout,
 			BackoffStart: lock.DefaultBackoffStart, BackoffMax: lock.DefaultBackoffMax,
-			RenewEvery: lock.DefaultTTL / 3}},
+			RenewEvery: lock.DefaultTTL / 3, MaxHold: lock.DefaultMaxHold}},
 		{name: "ttl under 1s", cfg: lock.Config{TTL: 999 * time.Millisecond}, wantErr: true},
 		{name: "ttl 1ns", cfg: lock.Config{TTL: time.Nanosecond}, wantErr: true},
 		{name: "renewal as slow as the ttl", cfg: lock.Config{TTL: 2 * time.Second, RenewEvery: 2 * time.Second}, wantErr: true},
 		{name: "ttl 1s", cfg: lock.Config{TTL: time.Second, RenewEvery: -1}, want: lock.Config{
 			TTL: time.Second, WaitTimeout: lock.DefaultWaitTimeout,
 			BackoffStart: lock.DefaultBackoffStart, BackoffMax: lock.DefaultBackoffMax,
-			RenewEvery: -1}},
+			RenewEvery: -1, MaxHold: lock.DefaultMaxHold}},
 		{name: "backoff max raised to start", cfg: lock.Config{TTL: 3 * time.Second, BackoffStart: 80 * time.Millisecond, BackoffMax: 10 * time.Millisecond},
 			want: lock.Config{TTL: 3 * time.Second, WaitTimeout: lock.DefaultWaitTimeout,
-				BackoffStart: 80 * time.Millisecond, BackoffMax: 80 * time.Millisecond, RenewEvery: time.Second}},
+				BackoffStart: 80 * time.Millisecond, BackoffMax: 80 * time.Millisecond, RenewEvery: time.Second, MaxHold: lock.DefaultMaxHold}},
+		{name: "no hold limit", cfg: lock.Config{MaxHold: -1}, want: lock.Config{
+			TTL: lock.DefaultTTL, WaitTimeout: lock.DefaultWaitTimeout,
+			BackoffStart: lock.DefaultBackoffStart, BackoffMax: lock.DefaultBackoffMax,
+			RenewEvery: lock.DefaultTTL / 3, MaxHold: -1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -266,6 +271,32 @@ func TestRenewKeepsLockPastTTL(t *testing.T) {
 	require.Zero(t, holder.Stats().Lost)
 	require.Equal(t, uint64(attempts), other.Stats().Timeouts)
 	require.Zero(t, other.Stats().Acquired)
+}
+
+// TestMaxHold: a lock held past MaxHold is no longer renewed and lapses
+// within its TTL; another request then takes it, the hung holder's late
+// release deletes nothing, and the lapse is counted and logged.
+func TestMaxHold(t *testing.T) {
+	t.Parallel()
+	mc, rc := newCluster(t, 1)
+	ctx := context.Background()
+	var logs syncBuffer
+	hung := newLocker(t, rc, lock.Config{TTL: time.Second, MaxHold: 500 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	next := newLocker(t, rc, lock.Config{TTL: time.Second, WaitTimeout: 10 * time.Second})
+
+	lk, err := hung.Acquire(ctx, "n1", "lock:h")
+	require.NoError(t, err)
+	got, err := next.Acquire(ctx, "n1", "lock:h") // waits for the lapse
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, lk.HeldFor(), 500*time.Millisecond)
+	require.ErrorIs(t, lk.Release(ctx), lock.ErrLost, "the late release deletes nothing")
+	it := lockItem(t, mc, "n1", "lock:h")
+	require.NotNil(t, it)
+	require.Equal(t, got.Token(), string(it.Value), "the next holder's lock stays")
+	require.NoError(t, got.Release(ctx))
+	require.Equal(t, uint64(1), hung.Stats().Lapsed)
+	require.Contains(t, logs.String(), "session lock held too long")
 }
 
 func TestRenewAfterLoss(t *testing.T) {

@@ -333,6 +333,9 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Lock.Logger == nil {
+		cfg.Lock.Logger = cfg.Logger // lock lapses (lock.Config.MaxHold)
+	}
 	locker, err := lock.New(cfg.Cluster, cfg.Lock)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)

@@ -88,6 +88,7 @@ var lockSpecs = []spec[lock.Stats]{
 	{"mcsession.lock.renewals", "{renewal}", "Lease renewals of held locks.", counter, func(s *lock.Stats) int64 { return i(s.Renewals) }, nil},
 	{"mcsession.lock.lost", "{lock}", "Locks found to belong to someone else on renewal or release.", counter, func(s *lock.Stats) int64 { return i(s.Lost) }, nil},
 	{"mcsession.lock.released", "{lock}", "Locks released by their owner.", counter, func(s *lock.Stats) int64 { return i(s.Released) }, nil},
+	{"mcsession.lock.lapsed", "{lock}", "Locks given up after being held for lock.Config.MaxHold (a hung handler).", counter, func(s *lock.Stats) int64 { return i(s.Lapsed) }, nil},
 }
 
 var lockLatencies = []latSpec[lock.Stats]{

@@ -77,6 +77,7 @@ var lockSpecs = []spec[lock.Stats]{
 	{"lock_renewals_total", "Lease renewals of held locks.", counter, func(s *lock.Stats) float64 { return u(s.Renewals) }},
 	{"lock_lost_total", "Locks found to belong to someone else on renewal or release.", counter, func(s *lock.Stats) float64 { return u(s.Lost) }},
 	{"lock_released_total", "Locks released by their owner.", counter, func(s *lock.Stats) float64 { return u(s.Released) }},
+	{"lock_lapsed_total", "Locks given up after being held for lock.Config.MaxHold (a hung handler).", counter, func(s *lock.Stats) float64 { return u(s.Lapsed) }},
 }
 
 var lockHists = []histSpec[lock.Stats]{
