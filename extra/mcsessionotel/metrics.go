@@ -51,6 +51,8 @@ var storeSpecs = []spec[store.Stats]{
 	{"mcsession.session.restores", "{restore}", "Sessions copied back from their backup to a primary node that had restarted empty.", counter, func(s *store.Stats) int64 { return i(s.Restores) }, nil},
 	{"mcsession.session.relocations", "{relocation}", "Sessions moved to a new primary node (new id) after their node failed.", counter, func(s *store.Stats) int64 { return i(s.Relocations) }, nil},
 	{"mcsession.session.drained", "{session}", "Sessions moved off a node removed from the node list (also in relocations), or copied to a node's new address.", counter, func(s *store.Stats) int64 { return i(s.Drained) }, nil},
+	{"mcsession.session.stale_removed", "{copy}", "Old copies of relocated sessions found on their former node (it hung and came back) and deleted.", counter, func(s *store.Stats) int64 { return i(s.StaleRemoved) }, nil},
+	{"mcsession.session.stale_refused", "{load}", "Loads refused because the session had moved and its relocated copy could not be read.", counter, func(s *store.Stats) int64 { return i(s.StaleRefused) }, nil},
 	{"mcsession.session.corrupt_records", "{record}", "Stored session records that did not decode (treated as not found).", counter, func(s *store.Stats) int64 { return i(s.Corrupt) }, nil},
 	{"mcsession.session.backup_failures", "{failure}", "Backup-copy writes that failed.", counter, func(s *store.Stats) int64 { return i(s.BackupFailures) }, nil},
 	{"mcsession.session.single_copy_saves", "{save}", "Saves acknowledged with the session on one node only, no second node being usable.", counter, func(s *store.Stats) int64 { return i(s.SingleCopySaves) }, nil},

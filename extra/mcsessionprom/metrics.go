@@ -40,6 +40,8 @@ var storeSpecs = []spec[store.Stats]{
 	{"session_restores_total", "Sessions copied back from their backup to a primary node that had restarted empty.", counter, func(s *store.Stats) float64 { return u(s.Restores) }},
 	{"session_relocations_total", "Sessions moved to a new primary node (new id) after their node failed.", counter, func(s *store.Stats) float64 { return u(s.Relocations) }},
 	{"session_drained_total", "Sessions moved off a node removed from the node list (also in relocations), or copied to a node's new address.", counter, func(s *store.Stats) float64 { return u(s.Drained) }},
+	{"session_stale_removed_total", "Old copies of relocated sessions found on their former node (it hung and came back) and deleted.", counter, func(s *store.Stats) float64 { return u(s.StaleRemoved) }},
+	{"session_stale_refused_total", "Loads refused because the session had moved and its relocated copy could not be read.", counter, func(s *store.Stats) float64 { return u(s.StaleRefused) }},
 	{"session_corrupt_records_total", "Stored session records that did not decode (treated as not found).", counter, func(s *store.Stats) float64 { return u(s.Corrupt) }},
 	{"session_backup_failures_total", "Backup-copy writes that failed.", counter, func(s *store.Stats) float64 { return u(s.BackupFailures) }},
 	{"session_single_copy_saves_total", "Saves acknowledged with the session on one node only, no second node being usable.", counter, func(s *store.Stats) float64 { return u(s.SingleCopySaves) }},
