@@ -68,4 +68,15 @@ func TestMetricsEndpoint(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, saves, count)
 	require.Contains(t, after, "go_goroutines ")
+
+	// GET /api/stats carries the lock's and the pools' figures too.
+	st := appStats(t, a)
+	require.Equal(t, uint64(2), st.Lock.Acquired, "the default mode locks every request but the first, which created the session")
+	require.Equal(t, st.Lock.Acquired, st.Lock.AcquireLatency.Count)
+	require.Len(t, st.Pools, len(e.mc.Nodes))
+	var trips uint64
+	for _, p := range st.Pools {
+		trips += p.RoundTrips
+	}
+	require.Positive(t, trips)
 }

@@ -47,6 +47,7 @@ import (
 	"time"
 
 	"github.com/mcsession/mcsession/httpsession"
+	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
 	"github.com/mcsession/mcsession/store"
 )
@@ -171,6 +172,12 @@ type StatsResponse struct {
 	Cache store.CacheStats `json:"cache"`
 	// Manager is httpsession.Stats: requests, locked, lock timeouts, errors.
 	Manager httpsession.Stats `json:"manager"`
+	// Lock is the session lock's statistics (store.Store.LockStats): waits,
+	// wait time, timeouts, lapses and the acquire latency.
+	Lock lock.Stats `json:"lock"`
+	// Pools is each memcached node's connection statistics as this server
+	// sees them, with its round-trip latency (replica.PoolStats).
+	Pools []replica.PoolStats `json:"pools"`
 }
 
 // NodeView is one memcached node as this server's circuit breaker sees it
@@ -505,6 +512,7 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(StatsResponse{
 		Instance: s.name, Sticky: s.sticky, Async: s.async,
 		Store: s.st.Stats(), Cache: s.st.CacheStats(), Manager: s.m.Stats(),
+		Lock: s.st.LockStats(), Pools: s.cluster.PoolStats(),
 	})
 }
 
