@@ -375,8 +375,9 @@ func (t *topology) successors(primary string) []string {
 // backupCandidates returns every node that may hold a backup copy of a
 // session whose primary is primary, healthy or not: the nodes after it in
 // list order, then the draining nodes (a backup written before a node
-// list change may still be on one). For a draining primary, the nodes
-// that followed it in the list it was removed from come first.
+// list change may still be on one; the old address of a node whose
+// address changed as "~" + id). For a draining primary, the nodes that
+// followed it in the list it was removed from come first.
 func (c *Cluster) backupCandidates(primary string) []string {
 	t := c.topo.Load()
 	if _, ok := t.lookup(primary); !ok {
@@ -392,6 +393,12 @@ func (c *Cluster) backupCandidates(primary string) []string {
 		}
 	}
 	for _, id := range t.drainingIDs() {
+		if _, active := t.index[id]; active {
+			// The old address of a node whose address changed: reached
+			// as "~" + id (its copies carry the id's keys).
+			out = append(out, drainPrefix+id)
+			continue
+		}
 		if id != primary && !slices.Contains(out, id) {
 			out = append(out, id)
 		}

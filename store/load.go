@@ -64,6 +64,20 @@ func (st *Store) loadRemote(ctx context.Context, id, base, node string) (*Sessio
 		return st.followMoved(ctx, id, base, node, &it, movedTo)
 	case err == nil:
 		return st.fromPrimary(ctx, id, base, node, &it)
+	case errors.Is(err, ops.ErrMiss) && movedTo != "" && !parseMarker(movedTo).moving:
+		// Relocated, and the old copy is gone: load the new id rather
+		// than restore an old backup copy as a second line.
+		s, err := st.loadMovedTo(ctx, parseMarker(movedTo).id)
+		switch {
+		case err == nil:
+			s.oldID = id
+			return s, nil
+		case errors.Is(err, ErrNotFound):
+			return nil, err
+		default:
+			st.stats.staleRefused.Add(1)
+			return nil, fmt.Errorf("%w: %s was relocated, and its new copy cannot be read: %w", ErrUnavailable, id, err)
+		}
 	case errors.Is(err, ops.ErrMiss):
 		return st.restore(ctx, id, node, key, st.bkey(id))
 	case errors.Is(err, replica.ErrNodeDown):
@@ -274,11 +288,14 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 	// app server that still reaches the old node and saves there either
 	// wrote its backup copy before the mark (then the second read below
 	// sees that version) or reads the mark in its save's backup batch and
-	// gets a conflict. No save is acknowledged on the copy left behind.
-	if exp, ok := s.exptime(); ok {
-		st.writeMarkers(ctx, id, node, markMoving, exp)
-	}
+	// waits for the relocation's end (savedOverMarker). No save is
+	// acknowledged on the copy left behind. The marks are removed again
+	// when the relocation does not happen.
+	marks := st.markMovingStart(ctx, id, node)
 	s, from, moved, err = st.findBackup(ctx, id, base, node, bkey)
+	if moved || err != nil {
+		st.markMovingEnd(context.WithoutCancel(ctx), id, marks)
+	}
 	if moved {
 		st.stats.loads.Add(1)
 		return s, nil
@@ -287,6 +304,7 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 		return nil, err
 	}
 	if err := st.moveTo(ctx, s, base, node, from, false); err != nil {
+		st.markMovingEnd(context.WithoutCancel(ctx), id, marks)
 		return nil, fmt.Errorf("store: relocate %s to %s: %w", id, from, err)
 	}
 	st.stats.loads.Add(1)
@@ -313,7 +331,7 @@ func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target stri
 	st.view.MarkOutage(dead) // it may come back with the old copy
 	if exp, ok := s.exptime(); ok {
 		// A load of oldID that reaches dead's old copy finds these.
-		st.writeMarkers(ctx, oldID, dead, newID, exp)
+		st.writeMarkers(ctx, oldID, dead, newID, s.Version(), exp)
 	}
 	if b := st.view.BackupOf(target, dead); b != "" {
 		raw, version, _, err := s.encode(0)

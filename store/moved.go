@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/mcsession/mcsession/internal/meta"
 	"github.com/mcsession/mcsession/internal/ops"
+	"github.com/mcsession/mcsession/replica"
 )
 
 // Moved markers: how a load that reaches a node holding an old copy of a
@@ -31,8 +35,44 @@ import (
 // while the request held the old copy.
 
 // markMoving is the value of a moved marker written before a relocation
-// (see relocate): the session is being moved, its new id not yet known.
+// (see relocate) with add, for movingMarkTTL: the session is being moved,
+// its new id not yet known. The final marker overwrites it.
 const markMoving = "-"
+
+// movingMarkTTL bounds the life of a "moving" marker whose relocation
+// never finished (its app server died): saves of the old copy are answered
+// 503 until then, rather than acknowledged on a copy that may be left
+// behind.
+const movingMarkTTL = 10 * time.Second
+
+// marker is a parsed moved marker.
+type marker struct {
+	// moving is true for a relocation under way (value "-").
+	moving bool
+	// id is the id the session moved to; version the session's version
+	// when it moved (a copy of the old id written later, after the
+	// session moved back to it, is newer and the marker stale).
+	id      string
+	version uint64
+}
+
+// parseMarker parses a marker value: "-", or "<new id> <version>".
+func parseMarker(v string) marker {
+	if v == markMoving {
+		return marker{moving: true}
+	}
+	id, ver, _ := strings.Cut(v, " ")
+	n, _ := strconv.ParseUint(ver, 10, 64)
+	return marker{id: id, version: n}
+}
+
+// String is the marker's stored value.
+func (m marker) String() string {
+	if m.moving {
+		return markMoving
+	}
+	return m.id + " " + strconv.FormatUint(m.version, 10)
+}
 
 // mkey is the key of the moved marker of session id.
 func (st *Store) mkey(id string) string { return st.prefix + "moved:" + id }
@@ -124,23 +164,23 @@ type followDepthKey struct{}
 const maxFollowDepth = 4
 
 // followMoved handles a primary copy of id (it, read from node) whose
-// moved marker was found, with the marker's value movedTo.
+// moved marker was found, with the marker's value.
 //
-// A marker naming the new id: the session lives there now, whatever the
-// version of this copy (a save that reached this copy after the marker
-// was written was answered with a conflict, and one before it was moved
-// along). The relocated copy is loaded (found among the candidates, or by
-// its id with its own failover), and this copy is deleted with a CAS
-// guard. When the relocated copy cannot be read, the load fails with
-// ErrUnavailable rather than serve this copy; when it no longer exists
-// (destroyed or expired), the session is not found.
+// A marker naming the new id: unless this copy is newer than the version
+// the session had when it moved (it moved back to this id and was written
+// since: the marker is stale and is removed), the session lives at the
+// new id. It is loaded there, with that id's own failover and markers, and
+// this copy is deleted with a CAS guard. When the new id cannot be read,
+// the load fails with ErrUnavailable rather than serve this copy; when it
+// no longer exists (destroyed or expired), the session is not found.
 //
-// A marker saying "moving" (a relocation under way, or one that did not
-// finish): the highest version among this copy and the others wins.
-func (st *Store) followMoved(ctx context.Context, id, base, node string, it *ops.Item, movedTo string) (*Session, error) {
+// A "moving" marker (a relocation under way): the highest version among
+// this copy and the others found wins.
+func (st *Store) followMoved(ctx context.Context, id, base, node string, it *ops.Item, value string) (*Session, error) {
 	primary, perr := st.decode(id, it)
-	best, _, moved, err := st.findBackup(ctx, id, base, node, st.bkey(id))
-	if movedTo == markMoving {
+	m := parseMarker(value)
+	if m.moving {
+		best, _, moved, err := st.findBackup(ctx, id, base, node, st.bkey(id))
 		switch {
 		case err != nil && perr == nil:
 			st.stats.loads.Add(1)
@@ -157,26 +197,34 @@ func (st *Store) followMoved(ctx context.Context, id, base, node string, it *ops
 		st.stats.loads.Add(1)
 		return best, nil
 	}
-	if err == nil && moved {
-		st.removeStale(ctx, id, node, it)
+	if m.id == id || perr == nil && primary.version > m.version {
+		st.dropMarker(ctx, id, node)
 		st.stats.loads.Add(1)
-		st.log.Warn("old copy of a relocated session found on its former node: loading the relocated one", "id", id, "to", best.ID())
-		return best, nil
+		return primary, nil
 	}
-	if !errors.Is(err, ErrNotFound) && movedTo != id {
-		// The relocated copy was not among those read: load it by its id.
-		if s, ok := st.loadMovedTo(ctx, movedTo); ok {
-			st.removeStale(ctx, id, node, it)
-			s.oldID = id
-			st.log.Warn("old copy of a relocated session found on its former node: loading the relocated one", "id", id, "to", s.ID())
-			return s, nil
-		}
+	s, err := st.loadMovedTo(ctx, m.id)
+	switch {
+	case err == nil:
+		st.removeStale(ctx, id, node, it)
+		s.oldID = id
+		st.log.Warn("old copy of a relocated session found on its former node: loading the relocated one", "id", id, "to", s.ID())
+		return s, nil
+	case errors.Is(err, ErrNotFound):
+		st.removeStale(ctx, id, node, it)
+		return nil, fmt.Errorf("%w: %s was relocated to %s, which no longer exists", ErrNotFound, id, m.id)
+	default:
 		st.stats.staleRefused.Add(1)
-		st.log.Warn("session relocated away from its node, and its relocated copy cannot be read: refused", "id", id, "to", movedTo, "err", err)
-		return nil, fmt.Errorf("%w: %s was relocated to %s, which cannot be read", ErrUnavailable, id, movedTo)
+		st.log.Warn("session relocated away from its node, and its relocated copy cannot be read: refused", "id", id, "to", m.id, "err", err)
+		return nil, fmt.Errorf("%w: %s was relocated to %s, which cannot be read: %w", ErrUnavailable, id, m.id, err)
 	}
-	st.removeStale(ctx, id, node, it)
-	return nil, fmt.Errorf("%w: %s was relocated and no copy is left", ErrNotFound, id)
+}
+
+// dropMarker deletes the stale moved marker of id from the marker node of
+// node (it names a move the session has come back from).
+func (st *Store) dropMarker(ctx context.Context, id, node string) {
+	if mnode := st.markerNode(node); mnode != "" {
+		_ = ops.Delete(ctx, st.view, mnode, st.mkey(id), 0)
+	}
 }
 
 // removeStale deletes the old primary copy it of id on node, unless it
@@ -193,30 +241,20 @@ func (st *Store) removeStale(ctx context.Context, id, node string, it *ops.Item)
 	}
 }
 
-// writeMarkers records that session oldID now lives under newID: the
-// marker is written on every reachable node that may hold oldID's backup
-// copy (BackupCandidates of its old primary), and newID's own marker is
-// removed there (a session can move back to an id it had). exp is the
-// session's exptime: an old copy cannot outlive it. Failures are logged;
-// a node that did not get the marker is one a load is unlikely to ask,
-// since it was unreachable.
-func (st *Store) writeMarkers(ctx context.Context, oldID, oldNode, newID string, exp int32) {
-	cands := st.view.BackupCandidates(oldNode)
-	if len(cands) == 0 {
-		return
-	}
-	mkey, newMkey := st.mkey(oldID), st.mkey(newID)
-	batches := make([]ops.Batch, 0, len(cands))
-	for _, n := range cands {
-		if !st.view.Healthy(n) {
-			continue
+// writeMarkers records that session oldID now lives under newID (at
+// version): the marker is written on every reachable node that may hold
+// oldID's backup copy (BackupCandidates of its old primary), replacing a
+// "moving" one, and newID's own marker is removed there (a session can
+// move back to an id it had). exp is the session's exptime: an old copy
+// cannot outlive it. Failures are logged.
+func (st *Store) writeMarkers(ctx context.Context, oldID, oldNode, newID string, version uint64, exp int32) {
+	value := marker{id: newID, version: version}.String()
+	batches := st.markerBatches(oldNode, func(string) []meta.Request {
+		return []meta.Request{
+			{Command: meta.Set, Key: st.mkey(oldID), Value: []byte(value), TTL: exp},
+			{Command: meta.Delete, Key: st.mkey(newID)},
 		}
-		reqs := []meta.Request{{Command: meta.Set, Key: mkey, Value: []byte(newID), TTL: exp}}
-		if newID != markMoving {
-			reqs = append(reqs, meta.Request{Command: meta.Delete, Key: newMkey})
-		}
-		batches = append(batches, ops.Batch{Node: n, Reqs: reqs, Out: make([]meta.Response, len(reqs))})
-	}
+	})
 	st.view.ExecMany(ctx, batches)
 	for _, b := range batches {
 		err := b.Err
@@ -227,6 +265,52 @@ func (st *Store) writeMarkers(ctx context.Context, oldID, oldNode, newID string,
 			st.log.Warn("could not write the moved marker of a relocated session", "id", oldID, "to", newID, "node", b.Node, "err", err)
 		}
 	}
+}
+
+// moveMark is a "moving" marker this store added, for its removal.
+type moveMark struct {
+	node string
+	cas  uint64
+}
+
+// markMovingStart adds a "moving" marker for id (primary node node) on
+// every reachable backup candidate that has no marker yet, and returns
+// what it added.
+func (st *Store) markMovingStart(ctx context.Context, id, node string) []moveMark {
+	ttl := replica.Expiration(movingMarkTTL, time.Now())
+	batches := st.markerBatches(node, func(string) []meta.Request {
+		return []meta.Request{{Command: meta.Set, Mode: meta.ModeAdd, Key: st.mkey(id), Value: []byte(markMoving), TTL: ttl, ReturnCAS: true}}
+	})
+	st.view.ExecMany(ctx, batches)
+	var marks []moveMark
+	for _, b := range batches {
+		if b.Err == nil && b.Out[0].Status == meta.StatusOK {
+			marks = append(marks, moveMark{node: b.Node, cas: b.Out[0].CAS})
+		}
+	}
+	return marks
+}
+
+// markMovingEnd removes the "moving" markers of id that marks added,
+// unless they changed since (a final marker replaced them).
+func (st *Store) markMovingEnd(ctx context.Context, id string, marks []moveMark) {
+	for _, m := range marks {
+		_ = ops.Delete(ctx, st.view, m.node, st.mkey(id), m.cas)
+	}
+}
+
+// markerBatches returns one batch of reqs(node) for every healthy backup
+// candidate of oldNode.
+func (st *Store) markerBatches(oldNode string, reqs func(node string) []meta.Request) []ops.Batch {
+	var batches []ops.Batch
+	for _, n := range st.view.BackupCandidates(oldNode) {
+		if !st.view.Healthy(n) {
+			continue
+		}
+		r := reqs(n)
+		batches = append(batches, ops.Batch{Node: n, Reqs: r, Out: make([]meta.Response, len(r))})
+	}
+	return batches
 }
 
 // probe reads the CAS id of the copy of id at key on node (0 when it is
@@ -255,29 +339,70 @@ func (st *Store) probe(ctx context.Context, id, node, key string) (cas uint64, m
 	return pout[0].CAS, moved
 }
 
-// movedWhileSaving answers a save of session id whose moved marker the
-// save found with ErrConflict: the session was relocated (or is being
-// relocated) while this request held the copy it loaded. What the save
-// wrote stays where it is: loads follow the marker to the relocated copy,
-// and a relocation under way may have taken this write along, so it may
-// be stored, but it is not acknowledged.
-func (st *Store) movedWhileSaving(id string) error {
+// savedOverMarker handles a save of session id whose backup batch found
+// the session's moved marker (value). It returns handled false when the
+// save stands after all: the marker was stale (the session moved back to
+// this id since), or the relocation it announced gave up. Otherwise it
+// returns the save's error:
+//
+//   - the session was relocated while this request held its old copy: the
+//     write to the old copy is deleted again (CAS-guarded; loads follow
+//     the marker, and a copy newer than the marker would look like the
+//     session moving back) and the save is ErrConflict;
+//   - a relocation is under way: its end is awaited (bounded); when it
+//     took this write along the save is ErrUnavailable (stored, but under
+//     the new id the client does not know yet), when it did not,
+//     ErrConflict; when it does not end in time, ErrUnavailable.
+//
+// version is the version the save wrote; newCAS, pErr, backup and bErr
+// what replicate returned.
+func (st *Store) savedOverMarker(ctx context.Context, id, node, key string, version, newCAS uint64, pErr error,
+	backup, bkey string, bErr error, mnode, value string) (handled bool, err error) {
+	m := parseMarker(value)
+	for wait := 0; m.moving && wait < 40; wait++ {
+		time.Sleep(50 * time.Millisecond)
+		resp, err := ops.Do(ctx, st.view, mnode, markerRequest(st.mkey(id)))
+		switch {
+		case errors.Is(err, ops.ErrMiss):
+			return false, nil // the relocation gave up: this save stands
+		case err == nil:
+			m = parseMarker(string(resp.Value))
+		}
+	}
+	if m.moving {
+		st.log.Warn("save not acknowledged: a relocation of the session is under way", "id", id)
+		return true, fmt.Errorf("%w: %s is being relocated", ErrUnavailable, id)
+	}
+	if m.id == id || version-1 > m.version {
+		return false, nil // a stale marker: the session moved back here
+	}
+	if pErr == nil {
+		if err := ops.Delete(ctx, st.view, node, key, newCAS); err != nil && !errors.Is(err, ops.ErrMiss) && !errors.Is(err, ops.ErrCASConflict) {
+			st.log.Warn("could not delete a save to the old copy of a relocated session", "id", id, "node", node, "err", err)
+		}
+	}
+	if backup != "" && bErr == nil {
+		_ = ops.Delete(ctx, st.view, backup, bkey, 0)
+	}
 	st.stats.conflicts.Add(1)
-	st.log.Warn("save refused: the session was relocated while this request held its old copy", "id", id)
-	return fmt.Errorf("%w: %s was relocated while this request held an old copy", ErrConflict, id)
+	if m.version >= version {
+		st.log.Warn("save not acknowledged: the session was relocated with this write, under a new id", "id", id, "to", m.id)
+		return true, fmt.Errorf("%w: %s was relocated to %s during this save", ErrUnavailable, id, m.id)
+	}
+	st.log.Warn("save refused: the session was relocated while this request held its old copy", "id", id, "to", m.id)
+	return true, fmt.Errorf("%w: %s was relocated while this request held an old copy", ErrConflict, id)
 }
 
 // loadMovedTo loads the session a moved marker names, following at most
-// maxFollowDepth markers in a row.
-func (st *Store) loadMovedTo(ctx context.Context, id string) (*Session, bool) {
+// maxFollowDepth markers in a row (ErrUnavailable past that).
+func (st *Store) loadMovedTo(ctx context.Context, id string) (*Session, error) {
 	depth, _ := ctx.Value(followDepthKey{}).(int)
 	if depth >= maxFollowDepth {
-		return nil, false
+		return nil, fmt.Errorf("%w: %s: more than %d relocations in a row", ErrUnavailable, id, maxFollowDepth)
 	}
 	base, node, ok := st.parse(id)
 	if !ok {
-		return nil, false
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
-	s, err := st.loadRemote(context.WithValue(ctx, followDepthKey{}, depth+1), id, base, node)
-	return s, err == nil
+	return st.loadRemote(context.WithValue(ctx, followDepthKey{}, depth+1), id, base, node)
 }

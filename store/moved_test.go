@@ -49,7 +49,6 @@ func TestNoForkAfterAHungNode(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := mcproc.NewCluster(t, 3)
 			a, b := newStore(t, c, nil), newStore(t, c, func(cfg *store.Config) { cfg.Sticky = tt.sticky })
-			ctx := context.Background()
 			var s *store.Session
 			for s == nil || nodeOf(s.ID()) != "n1" {
 				s = saved(t, a, map[string]any{"n": 0})
@@ -97,7 +96,7 @@ func TestNoForkAfterAHungNode(t *testing.T) {
 			}
 			n, _ = counterOf(t, b, id)
 			require.Equal(t, acked, n)
-			_ = ctx
+
 		})
 	}
 }
@@ -162,4 +161,120 @@ func TestOldIDWhenTheMovedCopysNodeHangs(t *testing.T) {
 	require.Equal(t, 3, n, "acknowledged increments == stored")
 	_, err = c.Node("n1").Client().Get(oldID)
 	require.ErrorIs(t, err, memcache.ErrCacheMiss, "the old copy is deleted")
+}
+
+// A "moving" marker whose relocation never finished (its app server died)
+// holds saves of the old copy back until it expires (it is short-lived),
+// then they go through: nothing refused for good, nothing lost.
+func TestStuckMovingMarker(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	a := newStore(t, c, nil)
+	var s *store.Session
+	for s == nil || nodeOf(s.ID()) != "n1" {
+		s = saved(t, a, map[string]any{"n": 0})
+	}
+	id := s.ID()
+	for _, n := range []string{"n2", "n3"} {
+		require.NoError(t, c.Node(n).Client().Set(&memcache.Item{Key: "moved:" + id, Value: []byte("-"), Expiration: 1}))
+	}
+	got, err := incr(t, a, id, false)
+	require.NoError(t, err, "the save waits for the relocation, which gave up")
+	require.Equal(t, id, got)
+	n, _ := counterOf(t, a, id)
+	require.Equal(t, 1, n)
+}
+
+// A session that moved X -> Y and back Y -> X (two nodes hung in turn)
+// leaves a stale marker moved:X=Y and an old copy Y on the node that hung
+// last. A fresh app server loading X must keep X (written since), not
+// follow the stale marker.
+func TestMoveBackCycle(t *testing.T) {
+	c := mcproc.NewCluster(t, 2)
+	a := newStore(t, c, nil)
+	var s *store.Session
+	for s == nil || nodeOf(s.ID()) != "n1" {
+		s = saved(t, a, map[string]any{"n": 0})
+	}
+	x := s.ID()
+	acked := 0
+	require.NoError(t, c.Node("n1").Pause())
+	y, err := incr(t, a, x, false)
+	require.NoError(t, err)
+	acked++
+	require.Equal(t, "n2", nodeOf(y))
+	require.NoError(t, c.Node("n1").Resume())
+
+	b := newStore(t, c, nil) // sees both healthy: Y's backup goes to n1
+	for range 2 {
+		got, err := incr(t, b, y, false)
+		require.NoError(t, err)
+		require.Equal(t, y, got)
+		acked++
+	}
+	require.NoError(t, c.Node("n2").Pause())
+	back, err := incr(t, b, y, false)
+	require.NoError(t, err)
+	acked++
+	require.Equal(t, x, back, "moved back to its first id")
+	for range 3 {
+		back, err = incr(t, b, back, false)
+		require.NoError(t, err)
+		acked++
+	}
+	require.NoError(t, c.Node("n2").Resume())
+
+	d := newStore(t, c, nil) // a fresh app server
+	n, id := counterOf(t, d, x)
+	require.Equal(t, x, id)
+	require.Equal(t, acked, n, "acknowledged == loaded")
+	_, err = c.Node("n1").Client().Get(x)
+	require.NoError(t, err, "the current copy stays")
+}
+
+// The session moved X -> Y, then Y's node crashed (its backup is alive):
+// a request with the old id follows the marker to Y, whose own failover
+// restores it, rather than answer "not found".
+func TestOldIDWhenTheMovedCopysNodeCrashed(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	a := newStore(t, c, nil)
+	var s *store.Session
+	for s == nil || nodeOf(s.ID()) != "n1" {
+		s = saved(t, a, map[string]any{"n": 0})
+	}
+	x := s.ID()
+	require.NoError(t, c.Node("n1").Pause())
+	y, err := incr(t, a, x, false)
+	require.NoError(t, err)
+	require.Equal(t, "n2", nodeOf(y))
+	y, err = incr(t, a, y, false)
+	require.NoError(t, err)
+	require.NoError(t, c.Node("n1").Resume())
+	require.NoError(t, c.Node("n2").Kill())
+
+	b := newStore(t, c, nil)
+	n, now := counterOf(t, b, x)
+	require.Equal(t, 2, n, "the relocated session, restored from its backup")
+	require.NotEqual(t, x, now)
+}
+
+// DestroyUser reaches a session on a draining node.
+func TestDestroyUserReachesDrainingNodes(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	st := storeOn(t, nodesOf(t, c, "n1", "n2", "n3"), nil)
+	ctx := context.Background()
+	var s *store.Session
+	for s == nil || nodeOf(s.ID()) != "n3" {
+		var err error
+		s, err = st.NewSession(ctx)
+		require.NoError(t, err)
+		require.NoError(t, s.Set("n", 1))
+		require.NoError(t, s.SetUser("alice"))
+		require.NoError(t, st.Save(ctx, s))
+	}
+	_, err := st.Cluster().SetNodes(nodesOf(t, c, "n1", "n2"))
+	require.NoError(t, err)
+	_, err = st.DestroyUser(ctx, "alice")
+	require.NoError(t, err)
+	_, err = st.Load(ctx, s.ID())
+	require.ErrorIs(t, err, store.ErrNotFound, "logged out everywhere, draining node included")
 }

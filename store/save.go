@@ -205,10 +205,17 @@ func (st *Store) save(ctx context.Context, s *Session) error {
 		s.setID(id, false)
 		pErr, bErr, newCAS = st.replicate(ctx, &w, false)
 	}
-	if w.moved {
+	if w.mnode != "" && w.markerFailed {
+		// The marker node did not answer: ask the others (a relocation
+		// writes the marker on every node it reaches).
+		w.marker = st.markerElsewhere(ctx, id, node, w.mnode)
+	}
+	if w.marker != "" {
 		// This request loaded a copy that was relocated meanwhile (its
-		// node hung while another app server moved it): a conflict.
-		return st.movedWhileSaving(id)
+		// node hung while another app server moved it), or is being.
+		if handled, err := st.savedOverMarker(ctx, id, node, key, version, newCAS, pErr, backup, bkey, bErr, w.mnode, w.marker); handled {
+			return err
+		}
 	}
 	backupMissing := errors.Is(bErr, ops.ErrNotStored)
 	primaryLost := false
@@ -320,9 +327,11 @@ type write struct {
 	breq    meta.Request
 	// mnode and mkey name the session's moved marker, read in the same
 	// round trip (in the backup's batch when mnode is the backup node);
-	// moved reports that it was found. mnode "" reads none.
-	mnode, mkey string
-	moved       bool
+	// marker is its value when it was found, markerFailed true when the
+	// marker node did not answer. mnode "" reads none.
+	mnode, mkey  string
+	marker       string
+	markerFailed bool
 }
 
 // replicate sends the primary and the backup write together (both are
@@ -363,7 +372,15 @@ func (st *Store) replicate(ctx context.Context, w *write, skipPrimary bool) (pEr
 		list = append(list, ops.Batch{Node: w.mnode, Reqs: mreqs[:], Out: mout[:]})
 	}
 	st.view.ExecMany(ctx, list)
-	w.moved = mi >= 0 && list[mi].Err == nil && list[mi].Out[mr].Status == meta.StatusOK
+	w.marker, w.markerFailed = "", false
+	if mi >= 0 {
+		switch {
+		case list[mi].Err != nil:
+			w.markerFailed = true
+		case list[mi].Out[mr].Status == meta.StatusOK:
+			w.marker = string(list[mi].Out[mr].Value)
+		}
+	}
 	if skipPrimary {
 		pErr = ops.ErrMiss
 	} else if err := list[0].Err; err != nil {

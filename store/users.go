@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -791,10 +792,10 @@ func (st *Store) lookupElsewhere(ctx context.Context, user string, e indexEntry,
 // findMoved looks for a session whose id names a node that is no longer
 // configured under its random part on every configured node.
 func (st *Store) findMoved(ctx context.Context, id, base string) (*Session, error) {
-	nodes := st.cluster.NodeIDs()
+	nodes := st.everyNode()
 	batches := make([]ops.Batch, len(nodes))
 	for i, n := range nodes {
-		batches[i] = ops.Batch{Node: n, Reqs: []meta.Request{ops.GetRequest(st.key(makeID(base, n)))}, Out: make([]meta.Response, 1)}
+		batches[i] = ops.Batch{Node: n, Reqs: []meta.Request{ops.GetRequest(st.key(makeID(base, nodeIDOf(n))))}, Out: make([]meta.Response, 1)}
 	}
 	st.view.ExecMany(ctx, batches)
 	unknown := false
@@ -804,7 +805,7 @@ func (st *Store) findMoved(ctx context.Context, id, base string) (*Session, erro
 			continue
 		}
 		if it, err := ops.ItemOf(b.Reqs[0].Key, &b.Out[0]); err == nil {
-			if s, err := st.decode(makeID(base, b.Node), &it); err == nil {
+			if s, err := st.decode(makeID(base, nodeIDOf(b.Node)), &it); err == nil {
 				return s, nil
 			}
 		}
@@ -1016,9 +1017,12 @@ func (st *Store) destroyEverywhere(ctx context.Context, id string) error {
 	if !ok {
 		return nil
 	}
-	nodes := st.cluster.NodeIDs()
+	nodes := st.everyNode()
 	var backups []meta.Request
 	for _, n := range nodes {
+		if nodeIDOf(n) != n {
+			continue // the old address of a node: its keys are the node's
+		}
 		v := makeID(base, n)
 		st.refreshed.forget(v)
 		if st.cache != nil {
@@ -1060,8 +1064,30 @@ func (st *Store) destroyEverywhere(ctx context.Context, id string) error {
 	}
 	allBackups := func(string) []meta.Request { return backups }
 	primaries := func(n string) []meta.Request {
-		v := makeID(base, n)
+		v := makeID(base, nodeIDOf(n))
 		return []meta.Request{{Command: meta.Delete, Key: st.key(v)}, {Command: meta.Delete, Key: st.lkey(v)}}
 	}
 	return errors.Join(pass(allBackups), pass(primaries), pass(allBackups))
 }
+
+// everyNode returns every node a copy of a session may be on: the nodes
+// of the list, the draining ones, and, for a node whose address changed
+// while its old address drains, that old address as "~" + id (see
+// nodeIDOf).
+func (st *Store) everyNode() []string {
+	ids := st.cluster.NodeIDs()
+	for _, d := range st.cluster.Draining() {
+		if slices.Contains(ids, d.ID) {
+			if old, ok := st.view.OldAddress(d.ID); ok {
+				ids = append(ids, old)
+			}
+			continue
+		}
+		ids = append(ids, d.ID)
+	}
+	return ids
+}
+
+// nodeIDOf returns the node id of a node name of everyNode: the id itself,
+// or the id of an old address.
+func nodeIDOf(name string) string { return strings.TrimPrefix(name, "~") }
