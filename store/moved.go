@@ -360,7 +360,11 @@ func (st *Store) savedOverMarker(ctx context.Context, id, node, key string, vers
 	backup, bkey string, bErr error, mnode, value string) (handled bool, err error) {
 	m := parseMarker(value)
 	for wait := 0; m.moving && wait < 40; wait++ {
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return true, fmt.Errorf("%w: %s is being relocated: %w", ErrUnavailable, id, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
 		resp, err := ops.Do(ctx, st.view, mnode, markerRequest(st.mkey(id)))
 		switch {
 		case errors.Is(err, ops.ErrMiss):

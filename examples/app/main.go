@@ -169,6 +169,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var hup chan os.Signal
+	if o.nodesFile != "" {
+		// Registered first, so that a SIGHUP during start-up is applied
+		// once the app runs rather than killing it.
+		hup = make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -187,10 +195,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if o.nodesFile != "" {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
+	if hup != nil {
 		go reloadOnHangup(ctx, hup, o.nodesFile, app.Store().Cluster(), o.cfg.Logger)
 	}
 	srv := &http.Server{

@@ -49,7 +49,7 @@ var storeSpecs = []spec[store.Stats]{
 	{"mcsession.session.skipped_touches", "{touch}", "Idle-timeout refreshes skipped as not yet due (Config.TouchAfter).", counter, func(s *store.Stats) int64 { return i(s.TouchesSkipped) }, nil},
 	{"mcsession.session.conflicts", "{conflict}", "Saves refused with ErrConflict: the session was saved by someone else since it was loaded.", counter, func(s *store.Stats) int64 { return i(s.Conflicts) }, nil},
 	{"mcsession.session.restores", "{restore}", "Sessions copied back from their backup to a primary node that had restarted empty.", counter, func(s *store.Stats) int64 { return i(s.Restores) }, nil},
-	{"mcsession.session.relocations", "{relocation}", "Sessions moved to a new primary node (new id) after their node failed.", counter, func(s *store.Stats) int64 { return i(s.Relocations) }, nil},
+	{"mcsession.session.relocations", "{relocation}", "Sessions moved to a new primary node (new id) after their node failed, or off a draining node.", counter, func(s *store.Stats) int64 { return i(s.Relocations) }, nil},
 	{"mcsession.session.drained", "{session}", "Sessions moved off a node removed from the node list (also in relocations), or copied to a node's new address.", counter, func(s *store.Stats) int64 { return i(s.Drained) }, nil},
 	{"mcsession.session.stale_removed", "{copy}", "Old copies of relocated sessions found on their former node (it hung and came back) and deleted.", counter, func(s *store.Stats) int64 { return i(s.StaleRemoved) }, nil},
 	{"mcsession.session.stale_refused", "{load}", "Loads refused because the session had moved and its relocated copy could not be read.", counter, func(s *store.Stats) int64 { return i(s.StaleRefused) }, nil},

@@ -38,7 +38,7 @@ var storeSpecs = []spec[store.Stats]{
 	{"session_touches_skipped_total", "Idle-timeout refreshes skipped as not yet due (Config.TouchAfter).", counter, func(s *store.Stats) float64 { return u(s.TouchesSkipped) }},
 	{"session_conflicts_total", "Saves refused with ErrConflict: the session was saved by someone else since it was loaded.", counter, func(s *store.Stats) float64 { return u(s.Conflicts) }},
 	{"session_restores_total", "Sessions copied back from their backup to a primary node that had restarted empty.", counter, func(s *store.Stats) float64 { return u(s.Restores) }},
-	{"session_relocations_total", "Sessions moved to a new primary node (new id) after their node failed.", counter, func(s *store.Stats) float64 { return u(s.Relocations) }},
+	{"session_relocations_total", "Sessions moved to a new primary node (new id) after their node failed, or off a draining node.", counter, func(s *store.Stats) float64 { return u(s.Relocations) }},
 	{"session_drained_total", "Sessions moved off a node removed from the node list (also in relocations), or copied to a node's new address.", counter, func(s *store.Stats) float64 { return u(s.Drained) }},
 	{"session_stale_removed_total", "Old copies of relocated sessions found on their former node (it hung and came back) and deleted.", counter, func(s *store.Stats) float64 { return u(s.StaleRemoved) }},
 	{"session_stale_refused_total", "Loads refused because the session had moved and its relocated copy could not be read.", counter, func(s *store.Stats) float64 { return u(s.StaleRefused) }},
