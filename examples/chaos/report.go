@@ -69,7 +69,7 @@ func WriteMatrixDetail(w io.Writer, header string, rs []RowResult) {
 	fmt.Fprintf(w, "# Fault matrix: detailed results\n\n%s\n\n", header)
 	fmt.Fprint(w, MatrixTable(rs))
 	for _, r := range rs {
-		fmt.Fprintf(w, "\n## %s\n\n`%s` on the proxy of %s (%d of %d sessions had their primary there), %d clients. %s.\n\n",
+		fmt.Fprintf(w, "\n## %s\n\n`%s` on the proxy of %s (%d of %d sessions had their primary there), %d clients: %s.\n\n",
 			r.Row.Name, r.Row.Toxic, r.Node, r.SessionsOnNode, len(r.Sessions), r.Clients, r.Row.What)
 		if r.Error != "" {
 			fmt.Fprintf(w, "**Error:** %s\n", r.Error)
