@@ -47,6 +47,32 @@ func RowByName(name string) (Row, bool) {
 	return Row{}, false
 }
 
+// ParseRows parses a comma-separated list of row names.
+func ParseRows(s string) ([]Row, error) {
+	var out []Row
+	for _, n := range strings.Split(s, ",") {
+		r, ok := RowByName(strings.TrimSpace(n))
+		if !ok {
+			var names []string
+			for _, r := range Rows {
+				names = append(names, r.Name)
+			}
+			return nil, fmt.Errorf("chaos: unknown row %q (rows: %s)", n, strings.Join(names, ", "))
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// RowNames returns the names of rows, comma-separated.
+func RowNames(rows []Row) string {
+	names := make([]string, len(rows))
+	for i, r := range rows {
+		names[i] = r.Name
+	}
+	return strings.Join(names, ",")
+}
+
 // MatrixConfig configures RunMatrix. Binary and LogDir are required.
 type MatrixConfig struct {
 	// Env is the environment of each row (a new one per row); its Binary
@@ -57,6 +83,8 @@ type MatrixConfig struct {
 	// Clients is the number of parallel clients (a quarter on 2 shared
 	// sessions). Default 16.
 	Clients int
+	// Think is each client's pause between two requests. Default 5 ms.
+	Think time.Duration
 	// Before is the load before the fault, Fault how long the fault
 	// lasts, After the load after the clients recovered. Defaults 3 s,
 	// 6 s and 3 s.
@@ -191,7 +219,7 @@ func runRow(ctx context.Context, cfg MatrixConfig, row Row) (res RowResult) {
 			res.Error = "stopping the environment: " + err.Error()
 		}
 	}()
-	load, err := NewLoad(LoadConfig{Apps: env.URLs(), Clients: cfg.Clients})
+	load, err := NewLoad(LoadConfig{Apps: env.URLs(), Clients: cfg.Clients, Think: cfg.Think})
 	if err != nil {
 		res.Error = err.Error()
 		return res

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,8 +22,8 @@ const (
 	ActionStop = "stop"
 	// ActionRestart kills the node and restarts it empty at once.
 	ActionRestart = "restart"
-	// ActionToxic puts a random toxic of Rows on the node's proxy for
-	// 2-5 s.
+	// ActionToxic puts a random toxic of SoakConfig.Toxics (default
+	// Rows) on the node's proxy for 2-5 s.
 	ActionToxic = "toxic"
 )
 
@@ -52,12 +53,17 @@ type SoakConfig struct {
 	// Clients is the number of parallel clients, a quarter of them on 2
 	// shared sessions. Default 32.
 	Clients int
+	// Think is each client's pause between two requests. Default 5 ms.
+	Think time.Duration
 	// Seed seeds the choice of actions, nodes, toxics and durations.
 	Seed uint64
 	// Actions are the actions to choose from. Default AllActions.
 	Actions []string
+	// Toxics are the toxics ActionToxic chooses from. Default Rows.
+	Toxics []Row
 	// Every is the mean pause between two actions (uniform between half
-	// and one and a half of it). Default 4 s.
+	// and one and a half of it), counted from the moment every client has
+	// been served again after the previous one. Default 4 s.
 	Every time.Duration
 	// Progress receives the progress lines. Default: discarded.
 	Progress io.Writer
@@ -75,7 +81,11 @@ type ActionRecord struct {
 	Detail string `json:"detail,omitempty"`
 	// Seconds is how long the node was down, hung or poisoned.
 	Seconds float64 `json:"seconds"`
-	Error   string  `json:"error,omitempty"`
+	// RecoverMs is the time from the end of the fault until every client
+	// had an increment acknowledged that it sent afterwards; -1 when that
+	// took longer than 30 s.
+	RecoverMs float64 `json:"recover_ms"`
+	Error     string  `json:"error,omitempty"`
 }
 
 // String describes the action.
@@ -92,21 +102,24 @@ func (a ActionRecord) String() string {
 		s += fmt.Sprintf(": %s for %.1f s", a.Detail, a.Seconds)
 	}
 	if a.Error != "" {
-		s += ": ERROR: " + a.Error
+		return s + ": ERROR: " + a.Error
 	}
-	return s
+	return s + fmt.Sprintf("; every client served again after %s", fmtMs(a.RecoverMs))
 }
 
 // SoakResult is what a soak measured.
 type SoakResult struct {
-	Seed    uint64         `json:"seed"`
-	Seconds float64        `json:"seconds"`
-	Clients int            `json:"clients"`
-	Shared  int            `json:"shared_sessions"`
-	Actions []string       `json:"actions"`
-	Taken   []ActionRecord `json:"taken"`
-	Counts  map[string]int `json:"action_counts"`
-	Total   Summary        `json:"total"`
+	Seed    uint64   `json:"seed"`
+	Seconds float64  `json:"seconds"`
+	Clients int      `json:"clients"`
+	Shared  int      `json:"shared_sessions"`
+	Actions []string `json:"actions"`
+	Toxics  []string `json:"toxics"`
+	// Start is when the chaos started (the action times count from it).
+	Start  time.Time      `json:"start"`
+	Taken  []ActionRecord `json:"taken"`
+	Counts map[string]int `json:"action_counts"`
+	Total  Summary        `json:"total"`
 	// RecoverMs is the time from the end of the chaos (every node running
 	// and without toxics) until every client had an increment
 	// acknowledged that it sent afterwards.
@@ -124,13 +137,34 @@ type SoakResult struct {
 	Error      string     `json:"error,omitempty"`
 }
 
+// Recovery returns the median and the longest time, in milliseconds, from
+// the end of an action until every client was served again, and the
+// number of actions after which that took more than 30 s.
+func (r SoakResult) Recovery() (median, longest float64, slow int) {
+	var v []float64
+	for _, a := range r.Taken {
+		switch {
+		case a.Error != "":
+		case a.RecoverMs < 0:
+			slow++
+		default:
+			v = append(v, a.RecoverMs)
+		}
+	}
+	if len(v) == 0 {
+		return 0, 0, slow
+	}
+	slices.Sort(v)
+	return v[len(v)/2], v[len(v)-1], slow
+}
+
 // Failed reports whether the soak lost or invented an update, or could
 // not run to the end.
 func (r SoakResult) Failed() bool { return r.Error != "" || !r.Check.OK() }
 
 // RunSoak runs the chaos soak. It returns an error only when it could not
 // start; later problems are in SoakResult.Error.
-func RunSoak(ctx context.Context, cfg SoakConfig) (SoakResult, error) {
+func RunSoak(ctx context.Context, cfg SoakConfig) (res SoakResult, err error) {
 	if cfg.Duration == 0 {
 		cfg.Duration = 5 * time.Minute
 	}
@@ -143,13 +177,16 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (SoakResult, error) {
 	if cfg.Every == 0 {
 		cfg.Every = 4 * time.Second
 	}
+	if cfg.Toxics == nil {
+		cfg.Toxics = Rows
+	}
 	if cfg.Progress == nil {
 		cfg.Progress = io.Discard
 	}
 	if cfg.ProgressEvery == 0 {
 		cfg.ProgressEvery = 10 * time.Second
 	}
-	res := SoakResult{Seed: cfg.Seed, Clients: cfg.Clients, Actions: cfg.Actions, Counts: map[string]int{}, RecoverMs: -1}
+	res = SoakResult{Seed: cfg.Seed, Clients: cfg.Clients, Actions: cfg.Actions, Counts: map[string]int{}, RecoverMs: -1}
 	res.LoadAvg[0] = LoadAvg()
 	stall := startStallMeter()
 	defer func() {
@@ -162,12 +199,12 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (SoakResult, error) {
 		return res, err
 	}
 	defer func() {
-		if err := env.Close(); err != nil && res.Error == "" {
+		if err := env.Close(); err != nil && res.Error == "" && ctx.Err() == nil {
 			res.Error = "stopping the environment: " + err.Error()
 		}
 	}()
 	res.LogFiles = env.LogPaths()
-	load, err := NewLoad(LoadConfig{Apps: env.URLs(), Clients: cfg.Clients})
+	load, err := NewLoad(LoadConfig{Apps: env.URLs(), Clients: cfg.Clients, Think: cfg.Think})
 	if err != nil {
 		return res, err
 	}
@@ -182,7 +219,12 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (SoakResult, error) {
 	load.NewPhase()
 	load.Start(ctx)
 	start := time.Now()
+	res.Start = start
+	for _, r := range cfg.Toxics {
+		res.Toxics = append(res.Toxics, r.Name)
+	}
 	pr := &progress{w: cfg.Progress, start: start}
+	pr.printf("chaos starts (%s UTC; the app logs' times are UTC)", start.UTC().Format("15:04:05.000"))
 
 	// Progress lines.
 	progCtx, stopProgress := context.WithCancel(ctx)
@@ -226,7 +268,7 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (SoakResult, error) {
 		case ActionStop:
 			d = hold(time.Second, 3*time.Second)
 		case ActionToxic:
-			row = Rows[rnd.IntN(len(Rows))]
+			row = cfg.Toxics[rnd.IntN(len(cfg.Toxics))]
 			d = hold(2*time.Second, 5*time.Second)
 			a.Detail = row.Name
 		}
@@ -238,6 +280,12 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (SoakResult, error) {
 		a.Seconds, err = act(ctx, env, a.Action, a.Node, row.Toxic, d)
 		if err != nil {
 			a.Error = err.Error()
+		}
+		if err == nil {
+			// One failure at a time: the next action waits until every
+			// client has had an increment acknowledged since this one
+			// ended, so that every session is on two nodes again.
+			a.RecoverMs = waitServed(ctx, load, recoverTimeout)
 		}
 		res.Taken = append(res.Taken, a)
 		res.Counts[a.Action]++
@@ -298,6 +346,27 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (SoakResult, error) {
 		res.Error = fmt.Sprintf("%d clients not served again within 60 s after the chaos", load.Unrecovered())
 	}
 	return res, nil
+}
+
+// recoverTimeout bounds the wait for every client to be served again after
+// an action.
+const recoverTimeout = 30 * time.Second
+
+// waitServed marks now and waits until every client of load has had an
+// increment acknowledged that it sent afterwards, for up to timeout. It
+// returns the time that took in milliseconds, -1 on timeout.
+func waitServed(ctx context.Context, load *Load, timeout time.Duration) float64 {
+	mark := time.Now()
+	load.Mark(mark)
+	for deadline := mark.Add(timeout); time.Now().Before(deadline); {
+		if ok, last := load.Recovered(); ok {
+			return ms(last.Sub(mark))
+		}
+		if sleep(ctx, 20*time.Millisecond) != nil {
+			break
+		}
+	}
+	return -1
 }
 
 // act applies one action to node id of env and undoes it after d. It

@@ -54,11 +54,7 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("faults", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var names []string
-	for _, r := range chaos.Rows {
-		names = append(names, r.Name)
-	}
-	rows := fs.String("rows", strings.Join(names, ","), "comma-separated rows to run")
+	rows := fs.String("rows", chaos.RowNames(chaos.Rows), "comma-separated rows to run")
 	clients := fs.Int("clients", chaos.DefaultClients, "parallel clients (a quarter of them on 2 shared sessions)")
 	before := fs.Duration("before", 3*time.Second, "load before each fault")
 	fault := fs.Duration("fault", 6*time.Second, "how long each fault lasts")
@@ -74,13 +70,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg := chaos.MatrixConfig{Clients: *clients, Before: *before, Fault: *fault, After: *after, Progress: stdout}
-	for _, n := range strings.Split(*rows, ",") {
-		r, ok := chaos.RowByName(strings.TrimSpace(n))
-		if !ok {
-			fmt.Fprintf(stderr, "faults: unknown row %q (rows: %s)\n", n, strings.Join(names, ", "))
-			return 2
-		}
-		cfg.Rows = append(cfg.Rows, r)
+	var err error
+	if cfg.Rows, err = chaos.ParseRows(*rows); err != nil {
+		fmt.Fprintln(stderr, "faults:", err)
+		return 2
 	}
 	if *clients < 4 || *before <= 0 || *fault <= 0 || *after <= 0 {
 		fmt.Fprintln(stderr, "faults: -clients must be at least 4 and the durations positive")

@@ -59,6 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", 5*time.Minute, "how long the chaos lasts (at most 24h)")
 	seed := fs.Uint64("seed", 0, "random seed of the actions (default: from the clock; printed)")
 	actions := fs.String("actions", strings.Join(chaos.AllActions, ","), "comma-separated actions to choose from: kill, stop (SIGSTOP, then SIGCONT), restart (empty), toxic")
+	toxics := fs.String("toxics", chaos.RowNames(chaos.Rows), "comma-separated toxics (rows of the fault matrix) that the toxic action chooses from")
 	every := fs.Duration("every", 4*time.Second, "mean pause between two actions (uniform between half and 1.5 times it)")
 	clients := fs.Int("clients", 32, "parallel clients (a quarter of them on 2 shared sessions)")
 	jsonOut := fs.String("json", "", "write the full result as JSON to this `file`")
@@ -71,8 +72,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	acts, err := chaos.ParseActions(*actions)
+	var rows []chaos.Row
+	if err == nil {
+		rows, err = chaos.ParseRows(*toxics)
+	}
 	if err != nil || *duration <= 0 || *duration > maxDuration || *every <= 0 || *clients < 4 {
-		fmt.Fprintln(stderr, "soak: bad flags: -duration must be in (0, 24h], -every positive, -clients at least 4; actions:", err)
+		fmt.Fprintln(stderr, "soak: bad flags: -duration must be in (0, 24h], -every positive, -clients at least 4;", err)
 		return 2
 	}
 	if *seed == 0 {
@@ -102,14 +107,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "soak:", err)
 		return 2
 	}
-	fmt.Fprintf(stdout, "soak: seed %d (replay with -seed %d), %v of chaos, actions %s every ~%v, %d clients (%d on 2 shared sessions); %s\n",
-		*seed, *seed, *duration, strings.Join(acts, ","), *every, *clients, *clients/4, chaos.Machine(ctx))
+	fmt.Fprintf(stdout, "soak: seed %d (replay with -seed %d), %v of chaos, actions %s every ~%v (toxics %s), %d clients (%d on 2 shared sessions); %s\n",
+		*seed, *seed, *duration, strings.Join(acts, ","), *every, chaos.RowNames(rows), *clients, *clients/4, chaos.Machine(ctx))
 	res, err := chaos.RunSoak(ctx, chaos.SoakConfig{
 		Env:      chaos.EnvConfig{Binary: bin, LogDir: *logDir, AppArgs: strings.Fields(*appArgs)},
-		Duration: *duration, Clients: *clients, Seed: *seed, Actions: acts, Every: *every, Progress: stdout,
+		Duration: *duration, Clients: *clients, Seed: *seed, Actions: acts, Toxics: rows, Every: *every, Progress: stdout,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "soak:", err)
+		return 2
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintf(stderr, "soak: interrupted after %.0f s of chaos (seed %d): nothing verified\n", res.Seconds, res.Seed)
 		return 2
 	}
 	report(stdout, res)
@@ -148,7 +157,9 @@ func report(w io.Writer, r chaos.SoakResult) {
 	c := r.Counters
 	fmt.Fprintf(w, "app servers: breaker trips %s; relocations %d, restores %d, conflicts %d, lock timeouts %d, backup write failures %d, single-copy saves %d\n",
 		c.TripsString(), c.Relocations, c.Restores, c.Conflicts, c.LockTimeouts, c.BackupFailures, c.SingleCopySaves)
-	fmt.Fprintf(w, "after the chaos: every client served again in %.1f s\n", r.RecoverMs/1000)
+	med, longest, slow := r.Recovery()
+	fmt.Fprintf(w, "recovery: every client served again %.1f s (median) and at most %.1f s after an action ended (%d actions took more than 30 s); %.1f s after the chaos\n",
+		med/1000, longest/1000, slow, r.RecoverMs/1000)
 	fmt.Fprintf(w, "machine: load average %.1f at the start, %.1f at the end; longest stall of this process (clients and proxies): %.0f ms\n", r.LoadAvg[0], r.LoadAvg[1], r.MaxStallMs)
 	fmt.Fprintf(w, "result: %s\n", r.Check)
 	if r.Error != "" {
