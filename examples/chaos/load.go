@@ -82,6 +82,7 @@ type Session struct {
 	ids  []string       // distinct ids seen in 200 answers, in order
 	seen map[int]string // count answered 200 -> "app id at time"
 	dup  []string       // counts answered 200 twice (a fork), first few
+	fork time.Time      // when the request that revealed the first fork was sent
 }
 
 // client is one user: a session (its own or shared) and its recovery mark.
@@ -312,6 +313,9 @@ func (s *Session) answered(r server.Response, at time.Time) {
 	}
 	what := fmt.Sprintf("app %s id %s sent %s", r.Instance, r.ID, at.Format("15:04:05.000"))
 	if prev, ok := s.seen[r.Count]; ok {
+		if s.fork.IsZero() || at.Before(s.fork) {
+			s.fork = at
+		}
 		if len(s.dup) < 8 {
 			s.dup = append(s.dup, fmt.Sprintf("count %d answered twice: %s; %s", r.Count, prev, what))
 		}

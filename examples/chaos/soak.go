@@ -137,6 +137,40 @@ type SoakResult struct {
 	Error      string     `json:"error,omitempty"`
 }
 
+// forkTimeline places the first fork of every session that has one among
+// the actions: the action running, or the last one before it.
+func (r SoakResult) forkTimeline() []string {
+	var out []string
+	for _, s := range r.Sessions {
+		if s.FirstFork.IsZero() {
+			continue
+		}
+		at := s.FirstFork.Sub(r.Start).Seconds()
+		where := "before any action"
+		for _, a := range r.Taken {
+			if a.At > at {
+				break
+			}
+			end := a.At + a.Seconds
+			if at <= end {
+				where = fmt.Sprintf("during %s (t=%.1f s to %.1f s)", a.Action+" "+a.Node+detail(a), a.At, end)
+			} else {
+				where = fmt.Sprintf("%.1f s after %s ended (t=%.1f s to %.1f s)", at-end, a.Action+" "+a.Node+detail(a), a.At, end)
+			}
+		}
+		out = append(out, fmt.Sprintf("session %d: first fork at t=%.1f s (%s UTC), %s", s.Index, at, s.FirstFork.UTC().Format("15:04:05.000"), where))
+	}
+	return out
+}
+
+// detail is " (toxic)" for a toxic action, "" otherwise.
+func detail(a ActionRecord) string {
+	if a.Detail == "" {
+		return ""
+	}
+	return " (" + a.Detail + ")"
+}
+
 // Recovery returns the median and the longest time, in milliseconds, from
 // the end of an action until every client was served again, and the
 // number of actions after which that took more than 30 s.
@@ -341,7 +375,7 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (res SoakResult, err error) {
 	if res.Counters, err = env.Counters(ctx); err != nil && res.Error == "" {
 		res.Error = err.Error()
 	}
-	res.Diagnosis = diagnose(res.Sessions, env.LogPaths())
+	res.Diagnosis = append(res.forkTimeline(), diagnose(res.Sessions, env.LogPaths())...)
 	if res.RecoverMs < 0 && res.Error == "" {
 		res.Error = fmt.Sprintf("%d clients not served again within 60 s after the chaos", load.Unrecovered())
 	}

@@ -54,7 +54,10 @@ type SessionResult struct {
 	Verdict string   `json:"verdict"`
 	IDs     []string `json:"ids"`
 	Forks   []string `json:"forks,omitempty"`
-	Note    string   `json:"note,omitempty"`
+	// FirstFork is when the first request that got a count already
+	// answered was sent (zero without forks).
+	FirstFork time.Time `json:"first_fork,omitzero"`
+	Note      string    `json:"note,omitempty"`
 }
 
 // Check sums up the SessionResults of a run.
@@ -160,7 +163,7 @@ func (l *Load) ReadBack(ctx context.Context, apps []string, timeout time.Duratio
 			}
 		}
 		s.mu.Lock()
-		r.IDs, r.Forks = slices.Clone(s.ids), slices.Clone(s.dup)
+		r.IDs, r.Forks, r.FirstFork = slices.Clone(s.ids), slices.Clone(s.dup), s.fork
 		s.mu.Unlock()
 		r.Verdict = verdict(&r, len(apps))
 		if r.Verdict == VerdictOK {
