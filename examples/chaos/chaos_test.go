@@ -154,11 +154,21 @@ func TestProxies(t *testing.T) {
 	require.Error(t, p.Add("n1", Toxic{"latency", "sideways", nil}))
 }
 
-// app is the example app, built once for the tests that need it.
+// app is the example app, built once for the tests that need it, in dir
+// (removed by TestMain).
 var app struct {
 	once sync.Once
+	dir  string
 	bin  string
 	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if app.dir != "" {
+		_ = os.RemoveAll(app.dir)
+	}
+	os.Exit(code)
 }
 
 // envConfig builds the app (once) and returns an EnvConfig logging to a
@@ -168,12 +178,10 @@ func envConfig(t *testing.T) EnvConfig {
 	t.Helper()
 	mc := mcproc.RequireBinary(t)
 	app.once.Do(func() {
-		dir, err := os.MkdirTemp("", "chaos-test-app-")
-		if err != nil {
-			app.err = err
-			return
+		app.dir, app.err = os.MkdirTemp("", "chaos-test-app-")
+		if app.err == nil {
+			app.bin, app.err = BuildApp(context.Background(), app.dir)
 		}
-		app.bin, app.err = BuildApp(context.Background(), dir)
 	})
 	require.NoError(t, app.err)
 	return EnvConfig{Binary: app.bin, LogDir: t.TempDir(), Memcached: mc}
