@@ -80,14 +80,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg.Env.AppArgs = strings.Fields(*appArgs)
+	// tmp holds the app binary (always removed) and, without -logdir, the
+	// app servers' logs (kept when the run fails).
 	tmp, err := os.MkdirTemp("", "mcsession-faults-")
 	if err != nil {
 		fmt.Fprintln(stderr, "faults:", err)
 		return 2
 	}
-	keepLogs := *logDir != ""
+	keepLogs := false
 	defer func() {
-		if !keepLogs {
+		if keepLogs && *logDir == filepath.Join(tmp, "logs") {
+			os.RemoveAll(filepath.Join(tmp, "app"))
+		} else {
 			os.RemoveAll(tmp)
 		}
 	}()

@@ -83,14 +83,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *seed == 0 {
 		*seed = uint64(time.Now().UnixNano())
 	}
+	// tmp holds the app binary (always removed) and, without -logdir, the
+	// app servers' logs (kept when the run fails).
 	tmp, err := os.MkdirTemp("", "mcsession-soak-")
 	if err != nil {
 		fmt.Fprintln(stderr, "soak:", err)
 		return 2
 	}
-	keepLogs := *logDir != ""
+	keepLogs := false
 	defer func() {
-		if !keepLogs {
+		if keepLogs && *logDir == filepath.Join(tmp, "logs") {
+			os.RemoveAll(filepath.Join(tmp, "app"))
+		} else {
 			os.RemoveAll(tmp)
 		}
 	}()
