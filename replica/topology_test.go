@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mcsession/mcsession/integration/mcproc"
+	"github.com/mcsession/mcsession/internal/meta"
 	"github.com/mcsession/mcsession/internal/ops"
 	"github.com/mcsession/mcsession/replica"
 )
@@ -203,4 +204,32 @@ func TestSetNodesConcurrentCalls(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// A hung node does not fail the other nodes of the same call: their
+// answers, which arrived while the caller waited for the hung one, are
+// still read, and their breakers stay closed.
+func TestExecManyHungNodeDoesNotFailOthers(t *testing.T) {
+	mc := mcproc.NewCluster(t, 2)
+	nodes, err := replica.ParseNodes(mc.Spec())
+	require.NoError(t, err)
+	c, err := replica.New(replica.Config{Nodes: nodes, Timeout: 200 * time.Millisecond})
+	require.NoError(t, err)
+	defer c.Close()
+	v := ops.Of(c)
+	require.NoError(t, mc.Node("n1").Pause())
+	defer func() { _ = mc.Node("n1").Resume() }()
+	for round := range 4 {
+		batches := []ops.Batch{
+			{Node: "n1", Reqs: []meta.Request{{Command: meta.NoOp}}, Out: make([]meta.Response, 1)},
+			{Node: "n2", Reqs: []meta.Request{{Command: meta.NoOp}}, Out: make([]meta.Response, 1)},
+		}
+		v.ExecMany(context.Background(), batches)
+		if round < 3 {
+			require.ErrorIs(t, batches[0].Err, replica.ErrNodeDown, "round %d", round)
+		}
+		require.NoError(t, batches[1].Err, "round %d: the healthy node's answer", round)
+	}
+	require.False(t, c.Healthy("n1"), "the hung node's breaker opened")
+	require.True(t, c.Healthy("n2"))
 }

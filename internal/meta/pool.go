@@ -277,13 +277,19 @@ func (p *Pool) DoInto(ctx context.Context, reqs []Request, out []Response) error
 // Call is a batch in flight: sent by Pool.Start, its answers read by
 // Finish. The zero value is ready for Start.
 type Call struct {
-	p    *Pool
-	c    *conn // nil when Start finished the batch (or failed)
-	n    int   // bytes written
-	reqs []Request
-	out  []Response
-	err  error
+	p        *Pool
+	c        *conn // nil when Start finished the batch (or failed)
+	n        int   // bytes written
+	reqs     []Request
+	out      []Response
+	err      error
+	deadline time.Time // the batch's deadline, set on its connection
 }
+
+// finishGrace is how long Finish still reads the answers of a batch whose
+// deadline passed while the caller was reading another node's answers
+// (see Finish).
+const finishGrace = 10 * time.Millisecond
 
 // Start sends reqs as one batch on a connection of its own and returns
 // without reading the answers, so that batches to several nodes are in
@@ -376,7 +382,7 @@ func (p *Pool) start(ctx context.Context, reqs []Request, out []Response, call *
 		call.err = p.settle(c, n, werr, nil)
 		return true
 	}
-	call.c, call.n = c, n
+	call.c, call.n, call.deadline = c, n, deadline
 	return true
 }
 
@@ -388,6 +394,13 @@ func (call *Call) Finish() error {
 	}
 	call.c = nil
 	p := call.p
+	if now := time.Now(); !now.Before(call.deadline) {
+		// The time ran out while the caller read the answers of another
+		// batch sent at the same time (a node that hung): this node's
+		// answers may be waiting in the socket. Read them with a short
+		// grace rather than fail a healthy node for a hung one.
+		_ = c.nc.SetReadDeadline(now.Add(finishGrace))
+	}
 	call.err = p.settle(c, call.n, nil, readAnswers(c.br, call.reqs, call.out, p.cfg.MaxValueSize))
 	return call.err
 }
