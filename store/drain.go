@@ -140,7 +140,7 @@ func (st *Store) restoreDraining(ctx context.Context, id, base, node, target str
 	switch {
 	case cause != nil && errors.Is(err, ErrNotFound) && !st.view.ConnRefused(node):
 		return nil, fmt.Errorf("%w: %s: draining node not answering, no backup copy: %w", ErrUnavailable, id, cause)
-	case cause == nil && errors.Is(err, ErrUnavailable):
+	case cause == nil && errors.Is(err, ErrUnavailable) && !errors.Is(err, errIncomplete):
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	case err != nil:
 		return nil, err

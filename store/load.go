@@ -133,11 +133,16 @@ func (st *Store) fromRecord(id string, rec *codec.Record, casID uint64) (*Sessio
 	}, nil
 }
 
+// errIncomplete marks a findBackup that found a copy while a candidate
+// that may hold a newer one did not answer (it wraps ErrUnavailable).
+var errIncomplete = errors.New("a node that may hold a newer copy did not answer")
+
 // findBackup reads the backup copy of a session whose primary is node from
 // the nodes after it in list order, skipping the ones whose breaker is
 // open. It returns the node that had it, ErrNotFound when every candidate
 // missed or has crashed (refuses connections), and ErrUnavailable when a
-// candidate that may hold a copy did not answer.
+// candidate that may hold a copy did not answer (with the copy found, if
+// any, and errIncomplete: a relocated copy found wins regardless).
 //
 // With base set, each candidate is also asked, in the same round trip, for the
 // session relocated there (id base-<candidate>) by a parallel request or an
@@ -187,6 +192,13 @@ func (st *Store) findBackup(ctx context.Context, id, base, node, bkey string) (b
 				consider(s, cand, false)
 			}
 		}
+	}
+	if best != nil && unknown && !moved {
+		// A candidate that did not answer may hold a newer copy (a
+		// backup written elsewhere while this one's node was away is
+		// left behind, older): using this one could lose acknowledged
+		// writes.
+		return best, from, moved, fmt.Errorf("%w: %s: %w", ErrUnavailable, id, errIncomplete)
 	}
 	if best != nil {
 		return best, from, moved, nil
@@ -250,7 +262,7 @@ func (st *Store) restore(ctx context.Context, id, node, key, bkey string) (*Sess
 		return s, nil
 	}
 	if err != nil {
-		if errors.Is(err, ErrUnavailable) {
+		if errors.Is(err, ErrUnavailable) && !errors.Is(err, errIncomplete) {
 			// The primary answered miss and no backup could be read: the
 			// session is not there as far as anyone can tell.
 			return nil, fmt.Errorf("%w: %s", ErrNotFound, id)

@@ -278,3 +278,47 @@ func TestDestroyUserReachesDrainingNodes(t *testing.T) {
 	_, err = st.Load(ctx, s.ID())
 	require.ErrorIs(t, err, store.ErrNotFound, "logged out everywhere, draining node included")
 }
+
+// A backup copy written to another node while the usual backup node was
+// down stays behind, older, once that node is back. When the primary then
+// hangs and the usual backup node does not answer either, the old copy
+// must not be relocated (acknowledged writes would be lost): the load is
+// refused until a node with the newest copy answers.
+func TestLeftBehindBackupIsNotRelocated(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	ctx := context.Background()
+	a := newStore(t, c, nil)
+	var s *store.Session
+	for s == nil || nodeOf(s.ID()) != "n2" {
+		s = saved(t, a, map[string]any{"n": 0})
+	}
+	id := s.ID()
+	_, bk, _ := a.Placement(id)
+	require.Equal(t, "n3", bk)
+
+	require.NoError(t, c.Node("n3").Kill())
+	b := newStore(t, c, nil) // n3 down: its backup goes to n1
+	_, err := incr(t, b, id, false)
+	require.NoError(t, err)
+	require.NoError(t, c.Node("n3").Restart(ctx))
+	d := newStore(t, c, nil) // n3 back: backups go there again
+	for range 2 {
+		_, err = incr(t, d, id, false)
+		require.NoError(t, err)
+	}
+	_, bkey, _ := d.MemcachedKeys(id)
+	_, err = c.Node("n1").Client().Get(bkey)
+	require.NoError(t, err, "the older backup copy left on n1")
+
+	require.NoError(t, c.Node("n2").Pause())
+	require.NoError(t, c.Node("n3").Pause())
+	e := newStore(t, c, nil)
+	_, err = e.Load(ctx, id)
+	require.ErrorIs(t, err, store.ErrUnavailable, "not the left-behind copy")
+	require.NoError(t, c.Node("n3").Resume())
+	require.NoError(t, c.Node("n2").Resume())
+
+	f := newStore(t, c, nil)
+	n, _ := counterOf(t, f, id)
+	require.Equal(t, 3, n, "acknowledged increments == stored")
+}
