@@ -109,3 +109,48 @@ func BenchmarkUnmarshalAttr(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSeal seals the ~1 KB cbor envelope of benchSession (KeyRing,
+// AES-256-GCM).
+func BenchmarkSeal(b *testing.B) {
+	data, ring, aad := benchSealed(b)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := ring.Seal(aad, data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkOpen opens what BenchmarkSeal seals.
+func BenchmarkOpen(b *testing.B) {
+	data, ring, aad := benchSealed(b)
+	sealed, err := ring.Seal(aad, data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := ring.Open(aad, sealed); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchSealed returns the cbor envelope of benchSession, a key ring of two
+// keys and a session id's random part.
+func benchSealed(b *testing.B) ([]byte, *KeyRing, []byte) {
+	b.Helper()
+	c := NewCBOR()
+	data, err := EncodeRecord(c, benchSession(b, c))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ring, err := NewKeyRing(testKey(1), testKey(2))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return data, ring, []byte("9f2c4e61b0d7a3854c1e9b2f6a0d8c3e")
+}

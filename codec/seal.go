@@ -75,8 +75,8 @@ type Sealer interface {
 // value differ. A sealed value names its key by a key id (the first 4
 // bytes of the SHA-256 of the key; not secret), and Open picks that key.
 // With random nonces, one key should seal at most 2^32 values (NIST SP
-// 800-38D): rotate the first key well before, e.g. every few months at a
-// thousand saves a second.
+// 800-38D): rotate the first key well before (at a thousand saves a
+// second, 2^32 saves take 50 days).
 //
 // A KeyRing is immutable and safe for concurrent use.
 type KeyRing struct {

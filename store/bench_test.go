@@ -219,3 +219,30 @@ func BenchmarkLoadModifySaveStickyAsync(b *testing.B) {
 	st, id := benchStickySetup(b, func(cfg *store.Config) { cfg.Sticky, cfg.TrustSticky, cfg.AsyncWrites = true, true, true })
 	benchModifySave(b, st, id)
 }
+
+// benchEncrypted is Config.Encryption for the encrypted benchmarks: a key
+// ring of two keys (AES-256-GCM).
+func benchEncrypted(b *testing.B) func(*store.Config) {
+	ring := keyRing(b, keyB, keyA)
+	return func(cfg *store.Config) { cfg.Encryption = ring }
+}
+
+// BenchmarkLoadEncrypted is BenchmarkLoad with Config.Encryption: each
+// load opens the sealed value before decoding it.
+func BenchmarkLoadEncrypted(b *testing.B) {
+	st, id := benchStickySetup(b, benchEncrypted(b))
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := st.Load(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkLoadModifySaveEncrypted is BenchmarkLoadModifySave with
+// Config.Encryption: each save seals with a fresh nonce.
+func BenchmarkLoadModifySaveEncrypted(b *testing.B) {
+	st, id := benchStickySetup(b, benchEncrypted(b))
+	benchModifySave(b, st, id)
+}

@@ -102,13 +102,13 @@ func (st *Store) fromPrimary(ctx context.Context, id, base, node string, it *ops
 	return s, nil
 }
 
-// decode turns a stored item into a session; corrupt or expired records
-// give ErrNotFound.
+// decode turns a stored item into a session; corrupt, undecryptable
+// (Config.Encryption) or expired records give ErrNotFound. Corrupt and
+// undecryptable ones are counted and logged.
 func (st *Store) decode(id string, it *ops.Item) (*Session, error) {
-	rec, err := codec.DecodeRecord(st.codec, it.Value)
+	rec, err := st.record(id, it.Value)
 	if err != nil {
-		st.stats.corrupt.Add(1)
-		st.log.Error("corrupt session record in memcached: treated as not found", "key", it.Key, "err", err)
+		st.noteUnreadable(it.Key, err)
 		return nil, fmt.Errorf("%w: %s: %w", ErrNotFound, id, err)
 	}
 	return st.fromRecord(id, rec, it.CAS)
@@ -127,7 +127,7 @@ func (st *Store) fromRecord(id string, rec *codec.Record, casID uint64) (*Sessio
 		idle = st.idle
 	}
 	return &Session{
-		codec: st.codec, id: id, created: rec.Created, deadline: rec.Deadline,
+		codec: st.codec, sealer: st.sealer, id: id, created: rec.Created, deadline: rec.Deadline,
 		idle: idle, version: rec.Version, attrs: rec.Attrs, casID: casID, // Attrs is never nil
 		user: rec.User, linkedUser: rec.User, linkedID: linkedAs(rec.User, id),
 	}, nil
@@ -393,7 +393,7 @@ func (st *Store) putPrimary(ctx context.Context, s *Session, node, key string, s
 		if gerr != nil {
 			return gerr
 		}
-		there, derr := codec.DecodeRecord(st.codec, it.Value)
+		there, derr := st.record(s.ID(), it.Value)
 		if derr == nil && there.Version >= version && saving {
 			return fmt.Errorf("%w: %s: version %d is there already", ErrConflict, key, there.Version)
 		}

@@ -18,6 +18,7 @@ import (
 type Session struct {
 	mu        sync.Mutex
 	codec     codec.Codec
+	sealer    codec.Sealer // Config.Encryption; nil: written in clear
 	id        string
 	oldID     string // the id the session was loaded under, when it changed
 	created   time.Time
@@ -188,7 +189,9 @@ func (s *Session) Modified() bool {
 }
 
 // encode encodes the session with version s.version+bump and returns the
-// bytes, that version and the change counter they reflect.
+// bytes, that version and the change counter they reflect. With
+// Config.Encryption the bytes are the envelope sealed for the random part
+// of the session's id.
 func (s *Session) encode(bump uint64) ([]byte, uint64, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -201,6 +204,9 @@ func (s *Session) encode(bump uint64) ([]byte, uint64, uint64, error) {
 		User:        s.user,
 	}
 	b, err := codec.EncodeRecord(s.codec, &rec)
+	if err == nil && s.sealer != nil {
+		b, err = sealSession(s.sealer, s.id, b)
+	}
 	return b, rec.Version, s.changes, err
 }
 

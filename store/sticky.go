@@ -329,7 +329,7 @@ func (s *Session) clone() *Session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return &Session{
-		codec: s.codec, id: s.id, created: s.created, deadline: s.deadline, idle: s.idle,
+		codec: s.codec, sealer: s.sealer, id: s.id, created: s.created, deadline: s.deadline, idle: s.idle,
 		version: s.version, attrs: maps.Clone(s.attrs), casID: s.casID,
 		user: s.user, linkedUser: s.linkedUser, linkedID: s.linkedID,
 	}

@@ -84,10 +84,20 @@
 // compare-and-delete, so a login racing it either is destroyed with the
 // others or survives as a login after the log-out (see DestroyUser).
 //
+// # Encryption at rest
+//
+// Config.Encryption (codec.NewKeyRing: AES-256-GCM) seals every value the
+// Store writes, each copy of each session and each user's index, with the
+// random part of the session id as associated data, and opens every value
+// it reads; the key ring's first key seals, every key opens, so keys
+// rotate without logging anyone out. A value that does not open is
+// treated as not found and counted in Stats.Undecryptable. The layout is
+// in docs/FORMAT.md, section 4.5.
+//
 // # Errors
 //
 // Load reports ErrNotFound for an id that does not parse, is unknown,
-// expired or corrupt (start a fresh session), and ErrUnavailable when the
+// expired, corrupt or does not open (start a fresh session), and ErrUnavailable when the
 // nodes that could hold it did not answer. Save reports ErrConflict when
 // someone else saved the session since it was loaded (the newer value is
 // kept), ErrTooLarge, ErrExpired and ErrDestroyed.
@@ -215,6 +225,30 @@ type Config struct {
 	// Default DefaultMaxUserSessions (100).
 	MaxUserSessions int
 
+	// Encryption, when not nil, encrypts every session at rest: each value
+	// written (the primary and backup copies, restored and relocated
+	// copies, sticky-mode and asynchronous writes) is the envelope sealed
+	// by Encryption with the random part of the session id as associated
+	// data, and so is the value of each user's index (associated data
+	// "user:" and the hash in its key). A value copied under another id
+	// does not open. Use codec.NewKeyRing or codec.ParseKeyRing (AES-256-GCM
+	// with a key ring that rotates keys without logging anyone out). The
+	// client flags (the version) stay in clear. A value that does not open
+	// (tampered, copied, sealed with a key no longer in the ring) is
+	// treated as not found and counted in Stats.Undecryptable. Every store
+	// sharing sessions must use the same keys. Default nil: values are
+	// stored in clear.
+	Encryption codec.Sealer
+	// AllowPlaintext, with Encryption, also reads values stored in clear
+	// (by a store without Encryption): turn it on while encryption is
+	// introduced on a cluster with live sessions, and off once every
+	// session in clear has been saved again (each save seals it) or has
+	// expired (one IdleTimeout, at most Lifetime). Default false: a value
+	// in clear is treated as not found (counted in Stats.Undecryptable),
+	// since anyone who can write to memcached could otherwise forge a
+	// session in clear. Values are always written sealed.
+	AllowPlaintext bool
+
 	// Logger receives corrupt records, failed backup writes, restores and
 	// relocations. Default: logs are discarded.
 	Logger *slog.Logger
@@ -241,12 +275,14 @@ type Store struct {
 	local      *lock.Local  // sticky mode only: the in-process session lock
 	trust      bool         // Config.TrustSticky
 	maxUser    int          // Config.MaxUserSessions
+	sealer     codec.Sealer // Config.Encryption; nil: values in clear
+	allowPlain bool         // Config.AllowPlaintext
 }
 
 // counters are the store's event counts.
 type counters struct {
-	loads, saves, skipped, touches, touchesSkipped, conflicts, restores, relocations, drained, corrupt, backupFailures, singleCopy, staleRemoved, staleRefused atomic.Uint64
-	loadLatency, saveLatency                                                                                                                                   latency.Histogram
+	loads, saves, skipped, touches, touchesSkipped, conflicts, restores, relocations, drained, corrupt, backupFailures, singleCopy, staleRemoved, staleRefused, undecryptable atomic.Uint64
+	loadLatency, saveLatency                                                                                                                                                  latency.Histogram
 }
 
 // Stats is a snapshot of a Store's event counts since it was created.
@@ -283,6 +319,13 @@ type Stats struct {
 	Drained uint64
 	// Corrupt counts stored records that did not decode.
 	Corrupt uint64
+	// Undecryptable counts stored values that did not open with
+	// Config.Encryption (changed, copied from another session id, sealed
+	// with a key that is not in the ring), values in clear refused without
+	// Config.AllowPlaintext, and sealed values read without
+	// Config.Encryption; each was treated as not found (a user index as
+	// empty) and logged.
+	Undecryptable uint64
 	// BackupFailures counts backup writes that failed.
 	BackupFailures uint64
 	// SingleCopySaves counts saves acknowledged with the session on one
@@ -353,7 +396,7 @@ func New(cfg Config) (*Store, error) {
 		cluster: cfg.Cluster, view: ops.Of(cfg.Cluster), codec: cfg.Codec, prefix: cfg.KeyPrefix,
 		idle: cfg.IdleTimeout, life: cfg.Lifetime, maxSize: cfg.MaxSize,
 		locker: locker, log: cfg.Logger, touchEvery: cfg.TouchAfter, refreshed: newRefreshLog(),
-		maxUser: cfg.MaxUserSessions,
+		maxUser: cfg.MaxUserSessions, sealer: cfg.Encryption, allowPlain: cfg.AllowPlaintext,
 	}
 	if cfg.Sticky {
 		if cfg.CacheBytes <= 0 {
@@ -422,7 +465,7 @@ func (st *Store) Stats() Stats {
 		Touches: c.touches.Load(), TouchesSkipped: c.touchesSkipped.Load(), Conflicts: c.conflicts.Load(), Restores: c.restores.Load(),
 		Relocations: c.relocations.Load(), Drained: c.drained.Load(), Corrupt: c.corrupt.Load(), BackupFailures: c.backupFailures.Load(),
 		SingleCopySaves: c.singleCopy.Load(), StaleRemoved: c.staleRemoved.Load(), StaleRefused: c.staleRefused.Load(),
-		LoadLatency: c.loadLatency.Snapshot(), SaveLatency: c.saveLatency.Snapshot(),
+		Undecryptable: c.undecryptable.Load(), LoadLatency: c.loadLatency.Snapshot(), SaveLatency: c.saveLatency.Snapshot(),
 	}
 	if w := st.async; w != nil {
 		s.AsyncQueued, s.AsyncCoalesced, s.AsyncWritten = w.queued.Load(), w.coalesced.Load(), w.written.Load()
@@ -483,6 +526,7 @@ func (st *Store) NewSession(ctx context.Context) (*Session, error) {
 	now := time.Now()
 	return &Session{
 		codec:    st.codec,
+		sealer:   st.sealer,
 		id:       makeID(newIDBase(), node),
 		created:  now,
 		deadline: now.Add(st.life),

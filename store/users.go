@@ -140,13 +140,14 @@ func (st *Store) UserIndexKey(user string) (key, primary, secondary string) {
 type userIndex struct {
 	user  string
 	key   string
+	aad   string   // "user:" and the hash: the associated data of a sealed value (Config.Encryption)
 	nodes []string // primary first; one or two nodes
 }
 
 func (st *Store) indexOf(user string) userIndex {
 	sum := sha256.Sum256([]byte(user))
 	h := hex.EncodeToString(sum[:])
-	return userIndex{user: user, key: st.prefix + "user:" + h, nodes: rendezvous(h, st.cluster.NodeIDs(), 2)}
+	return userIndex{user: user, key: st.prefix + "user:" + h, aad: "user:" + h, nodes: rendezvous(h, st.cluster.NodeIDs(), 2)}
 }
 
 // rendezvous returns the n nodes with the highest scores for the user hash
@@ -258,15 +259,32 @@ func (st *Store) readIndex(ctx context.Context, ix userIndex) (indexState, error
 }
 
 // decodeIndex returns the entries of an index value; a value that does
-// not decode, or belongs to another user (a hash collision, or another
-// program), counts as empty and is overwritten by the next write.
-func (st *Store) decodeIndex(ix userIndex, raw []byte) []indexEntry {
+// not open (Config.Encryption, counted), does not decode, or belongs to
+// another user (a hash collision, or another program), counts as empty and
+// is overwritten by the next write.
+func (st *Store) decodeIndex(ix userIndex, stored []byte) []indexEntry {
+	raw, err := st.open(ix.aad, stored)
+	if err != nil {
+		st.stats.undecryptable.Add(1)
+		st.log.Error("user index in memcached does not open: treated as empty", "key", ix.key, "err", err)
+		return nil
+	}
 	var v indexValue
 	if err := json.Unmarshal(raw, &v); err != nil || v.Format != userIndexFormat || v.User != ix.user {
 		st.log.Error("unreadable user index in memcached: treated as empty", "key", ix.key, "err", err)
 		return nil
 	}
 	return v.Sessions
+}
+
+// encodeIndex returns the value of ix listing entries: JSON, sealed with
+// Config.Encryption.
+func (st *Store) encodeIndex(ix userIndex, entries []indexEntry) ([]byte, error) {
+	raw, err := json.Marshal(indexValue{Format: userIndexFormat, User: ix.user, Sessions: entries})
+	if err != nil || st.sealer == nil {
+		return raw, err
+	}
+	return st.sealer.Seal([]byte(ix.aad), raw)
 }
 
 // indexChange is one rewrite of a user's index.
@@ -388,7 +406,7 @@ func (st *Store) putIndex(ctx context.Context, ix userIndex, node string, cas ui
 		}
 		req = meta.Request{Command: meta.Delete, Key: ix.key, CAS: cas}
 	} else {
-		raw, err := json.Marshal(indexValue{Format: userIndexFormat, User: ix.user, Sessions: entries})
+		raw, err := st.encodeIndex(ix, entries)
 		if err != nil {
 			return fmt.Errorf("store: user index %s: %w", ix.key, err)
 		}
@@ -972,7 +990,7 @@ func (st *Store) DestroyUser(ctx context.Context, user string) (int, error) {
 // claimIndex adds an empty index on node (errIndexChanged when one is
 // there).
 func (st *Store) claimIndex(ctx context.Context, ix userIndex, node string) error {
-	raw, err := json.Marshal(indexValue{Format: userIndexFormat, User: ix.user, Sessions: []indexEntry{}})
+	raw, err := st.encodeIndex(ix, []indexEntry{})
 	if err != nil {
 		return err
 	}
