@@ -736,6 +736,7 @@ func formatFiles(t testing.TB) map[string][]byte {
 		"ids.json":     buildIDs(t),
 		"exptime.json": buildExptime(t),
 	}
+	files["sealed.json"], files["sealed.bin"] = buildSealed(t)
 	for _, d := range vectorDefs() {
 		desc, bin := buildVector(t, d)
 		files[d.name+".json"] = desc
@@ -797,7 +798,7 @@ func loadVectors(t *testing.T) ([]formatVector, [][]byte) {
 	var vecs []formatVector
 	var bins [][]byte
 	for _, p := range paths {
-		if base := filepath.Base(p); base == "ids.json" || base == "exptime.json" {
+		if base := filepath.Base(p); base == "ids.json" || base == "exptime.json" || base == "sealed.json" {
 			continue
 		}
 		b, err := os.ReadFile(p)
