@@ -54,7 +54,8 @@ test: deps vet
 
 # fuzz runs each fuzz target for FUZZTIME (`make test` runs them for 3s):
 # the session cookie through the middleware (over real memcached), the
-# envelope decoder and the meta answer parser. Their seeds are in each
+# envelope decoder, the sealed-value opener (encryption at rest) and the
+# meta answer parser. Their seeds are in each
 # package's testdata/fuzz/<FuzzName>; what the fuzzer finds is kept in Go's
 # cache, except a failing input, which go test writes to testdata/fuzz
 # (fix the bug, then commit it as a seed).
@@ -63,6 +64,8 @@ fuzz: deps
 	@$(GO) test -run '^$$' -fuzz '^FuzzSessionCookie$$' -fuzztime $(FUZZTIME) ./httpsession
 	@echo "==> fuzz: $(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./codec"
 	@$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./codec
+	@echo "==> fuzz: $(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./codec"
+	@$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./codec
 	@echo "==> fuzz: $(GO) test -run '^$$' -fuzz '^FuzzReadAnswers$$' -fuzztime $(FUZZTIME) ./internal/meta"
 	@$(GO) test -run '^$$' -fuzz '^FuzzReadAnswers$$' -fuzztime $(FUZZTIME) ./internal/meta
 

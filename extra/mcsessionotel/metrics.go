@@ -54,6 +54,7 @@ var storeSpecs = []spec[store.Stats]{
 	{"mcsession.session.stale_removed", "{copy}", "Old copies of relocated sessions found on their former node (it hung and came back) and deleted.", counter, func(s *store.Stats) int64 { return i(s.StaleRemoved) }, nil},
 	{"mcsession.session.stale_refused", "{load}", "Loads refused because the session had moved and its relocated copy could not be read.", counter, func(s *store.Stats) int64 { return i(s.StaleRefused) }, nil},
 	{"mcsession.session.corrupt_records", "{record}", "Stored session records that did not decode (treated as not found).", counter, func(s *store.Stats) int64 { return i(s.Corrupt) }, nil},
+	{"mcsession.session.undecryptable_records", "{record}", "Stored values that did not open with Config.Encryption: changed, copied from another session, sealed with a key no longer in the ring, or in clear without AllowPlaintext (treated as not found).", counter, func(s *store.Stats) int64 { return i(s.Undecryptable) }, nil},
 	{"mcsession.session.backup_failures", "{failure}", "Backup-copy writes that failed.", counter, func(s *store.Stats) int64 { return i(s.BackupFailures) }, nil},
 	{"mcsession.session.single_copy_saves", "{save}", "Saves acknowledged with the session on one node only, no second node being usable.", counter, func(s *store.Stats) int64 { return i(s.SingleCopySaves) }, nil},
 	{"mcsession.async.writes.queued", "{write}", "Writes queued to run after Save returned (Config.AsyncWrites).", counter, func(s *store.Stats) int64 { return i(s.AsyncQueued) }, nil},

@@ -226,21 +226,22 @@ func TestScenario(t *testing.T) {
 
 	ms := collect()
 	for name, want := range map[string]float64{
-		"mcsession.session.loads":           7, // 3, 1 before the skipped save, the conflict's, the locked one, the relocating one
-		"mcsession.session.saves":           3, // new, locked, relocated
-		"mcsession.session.skipped_saves":   1,
-		"mcsession.session.conflicts":       1,
-		"mcsession.session.relocations":     1,
-		"mcsession.session.restores":        0,
-		"mcsession.session.backup_failures": 0,
-		"mcsession.session.corrupt_records": 0,
-		"mcsession.async.writes.queued":     0,
-		"mcsession.async.writes.pending":    0,
-		"mcsession.lock.acquired":           1,
-		"mcsession.lock.released":           1,
-		"mcsession.lock.timeouts":           1,
-		"mcsession.lock.waits":              1,
-		"mcsession.lock.lost":               0,
+		"mcsession.session.loads":                 7, // 3, 1 before the skipped save, the conflict's, the locked one, the relocating one
+		"mcsession.session.saves":                 3, // new, locked, relocated
+		"mcsession.session.skipped_saves":         1,
+		"mcsession.session.conflicts":             1,
+		"mcsession.session.relocations":           1,
+		"mcsession.session.restores":              0,
+		"mcsession.session.backup_failures":       0,
+		"mcsession.session.corrupt_records":       0,
+		"mcsession.session.undecryptable_records": 0,
+		"mcsession.async.writes.queued":           0,
+		"mcsession.async.writes.pending":          0,
+		"mcsession.lock.acquired":                 1,
+		"mcsession.lock.released":                 1,
+		"mcsession.lock.timeouts":                 1,
+		"mcsession.lock.waits":                    1,
+		"mcsession.lock.lost":                     0,
 		// Calls timed: every Load and LoadLocked (failures included), every
 		// Save, every lock acquisition.
 		"mcsession.session.load.calls": 8,

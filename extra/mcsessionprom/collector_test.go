@@ -179,21 +179,22 @@ func TestCollectorScenario(t *testing.T) {
 	mfs := gather(t, c)
 
 	for name, want := range map[string]float64{
-		"mcsession_session_loads_total":           7, // 3, 1 before the skipped save, the conflict's, the locked one, the relocating one
-		"mcsession_session_saves_total":           3, // new, locked, relocated
-		"mcsession_session_saves_skipped_total":   1,
-		"mcsession_session_conflicts_total":       1,
-		"mcsession_session_relocations_total":     1,
-		"mcsession_session_restores_total":        0,
-		"mcsession_session_backup_failures_total": 0,
-		"mcsession_session_corrupt_records_total": 0,
-		"mcsession_async_writes_queued_total":     0,
-		"mcsession_async_writes_pending":          0,
-		"mcsession_lock_acquired_total":           1,
-		"mcsession_lock_released_total":           1,
-		"mcsession_lock_timeouts_total":           1,
-		"mcsession_lock_waits_total":              1,
-		"mcsession_lock_lost_total":               0,
+		"mcsession_session_loads_total":                 7, // 3, 1 before the skipped save, the conflict's, the locked one, the relocating one
+		"mcsession_session_saves_total":                 3, // new, locked, relocated
+		"mcsession_session_saves_skipped_total":         1,
+		"mcsession_session_conflicts_total":             1,
+		"mcsession_session_relocations_total":           1,
+		"mcsession_session_restores_total":              0,
+		"mcsession_session_backup_failures_total":       0,
+		"mcsession_session_corrupt_records_total":       0,
+		"mcsession_session_undecryptable_records_total": 0,
+		"mcsession_async_writes_queued_total":           0,
+		"mcsession_async_writes_pending":                0,
+		"mcsession_lock_acquired_total":                 1,
+		"mcsession_lock_released_total":                 1,
+		"mcsession_lock_timeouts_total":                 1,
+		"mcsession_lock_waits_total":                    1,
+		"mcsession_lock_lost_total":                     0,
 	} {
 		require.Equal(t, want, value(t, mfs, name, nil), name)
 	}

@@ -43,6 +43,7 @@ var storeSpecs = []spec[store.Stats]{
 	{"session_stale_removed_total", "Old copies of relocated sessions found on their former node (it hung and came back) and deleted.", counter, func(s *store.Stats) float64 { return u(s.StaleRemoved) }},
 	{"session_stale_refused_total", "Loads refused because the session had moved and its relocated copy could not be read.", counter, func(s *store.Stats) float64 { return u(s.StaleRefused) }},
 	{"session_corrupt_records_total", "Stored session records that did not decode (treated as not found).", counter, func(s *store.Stats) float64 { return u(s.Corrupt) }},
+	{"session_undecryptable_records_total", "Stored values that did not open with Config.Encryption: changed, copied from another session, sealed with a key no longer in the ring, or in clear without AllowPlaintext (treated as not found).", counter, func(s *store.Stats) float64 { return u(s.Undecryptable) }},
 	{"session_backup_failures_total", "Backup-copy writes that failed.", counter, func(s *store.Stats) float64 { return u(s.BackupFailures) }},
 	{"session_single_copy_saves_total", "Saves acknowledged with the session on one node only, no second node being usable.", counter, func(s *store.Stats) float64 { return u(s.SingleCopySaves) }},
 	{"async_writes_queued_total", "Writes queued to run after Save returned (Config.AsyncWrites).", counter, func(s *store.Stats) float64 { return u(s.AsyncQueued) }},
