@@ -26,6 +26,15 @@
 //	-tls-cert FILE        with -tls-key: the client certificate (PEM) presented
 //	                      to nodes that require one (mutual TLS); needs -tls-ca
 //	-tls-key FILE         the client certificate's private key (PEM)
+//	-encrypt-keys HEX[,HEX...]  encrypt sessions at rest with AES-256-GCM: keys
+//	                      of 64 hex characters (32 bytes) each, e.g. from
+//	                      "openssl rand -hex 32"; the first encrypts, every
+//	                      one decrypts (to rotate: NEW,OLD, later NEW alone)
+//	-encrypt-keys-file FILE  read the keys of -encrypt-keys from FILE instead (one
+//	                      or more per line, comma-separated, # comments), so
+//	                      that they do not show in the process list
+//	-encrypt-allow-plaintext  with encryption: also read sessions stored in
+//	                      clear (while turning encryption on over live sessions)
 //
 // Once it listens, it prints one line to standard output:
 //
@@ -55,6 +64,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mcsession/mcsession/codec"
 	"github.com/mcsession/mcsession/examples/app/server"
 	"github.com/mcsession/mcsession/replica"
 )
@@ -77,7 +87,9 @@ type options struct {
 	listen                 string
 	nodesFile              string
 	tlsCA, tlsCert, tlsKey string
-	cfg                    server.Config
+	// keyIDs are the key ids of -encrypt-keys (the first one encrypts).
+	keyIDs []string
+	cfg    server.Config
 }
 
 // parseFlags parses the command line into options.
@@ -101,6 +113,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.tlsCA, "tls-ca", "", "connect to memcached with TLS, trusting the CA certificates in `file` (PEM)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "client certificate `file` (PEM) for memcached nodes that require one; with -tls-key and -tls-ca")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "private key `file` (PEM) of -tls-cert")
+	encryptKeys := fs.String("encrypt-keys", "", "encrypt sessions at rest (AES-256-GCM) with these `keys`: HEX[,HEX...], 64 hex characters (32 bytes) each; the first encrypts, every one decrypts")
+	encryptKeysFile := fs.String("encrypt-keys-file", "", "read the keys of -encrypt-keys from `file` (comma- or line-separated, # comments), keeping them out of the process list")
+	fs.BoolVar(&o.cfg.AllowPlaintext, "encrypt-allow-plaintext", false, "with -encrypt-keys or -encrypt-keys-file: also read sessions stored in clear (migration)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -128,7 +143,51 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, err
 	}
 	o.cfg.TLS = tlsCfg
+	ring, err := loadKeys(*encryptKeys, *encryptKeysFile)
+	if err != nil {
+		return o, err
+	}
+	if ring != nil {
+		o.cfg.Encryption, o.keyIDs = ring, ring.KeyIDs()
+	} else if o.cfg.AllowPlaintext {
+		return o, errors.New("-encrypt-allow-plaintext needs -encrypt-keys or -encrypt-keys-file")
+	}
 	return o, nil
+}
+
+// loadKeys returns the key ring of -encrypt-keys (keys) or
+// -encrypt-keys-file (file), nil when neither is given. Errors name the
+// flag and the key's position, never a key.
+func loadKeys(keys, file string) (*codec.KeyRing, error) {
+	flagName := "-encrypt-keys"
+	switch {
+	case keys != "" && file != "":
+		return nil, errors.New("-encrypt-keys and -encrypt-keys-file exclude each other")
+	case file != "":
+		flagName = "-encrypt-keys-file " + file
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("-encrypt-keys-file: %w", err)
+		}
+		var list []string
+		for _, line := range strings.Split(string(data), "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			if line = strings.TrimSpace(line); line != "" {
+				list = append(list, strings.Trim(line, ","))
+			}
+		}
+		if len(list) == 0 {
+			return nil, fmt.Errorf("%s: no key in it", flagName)
+		}
+		keys = strings.Join(list, ",")
+	case keys == "":
+		return nil, nil
+	}
+	ring, err := codec.ParseKeyRing(keys)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flagName, err)
+	}
+	return ring, nil
 }
 
 // loadTLS returns the TLS configuration of the memcached connections: nil
@@ -186,6 +245,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		o.cfg.Name = ln.Addr().String()
 	}
 	o.cfg.Logger = logger.With("instance", o.cfg.Name)
+	if o.cfg.Encryption != nil {
+		o.cfg.Logger.Info("sessions encrypted at rest (AES-256-GCM)", "encrypting_key_id", o.keyIDs[0],
+			"decrypting_key_ids", o.keyIDs, "allow_plaintext", o.cfg.AllowPlaintext)
+	}
 	app, err := server.New(o.cfg)
 	if err != nil {
 		ln.Close()

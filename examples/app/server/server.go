@@ -46,6 +46,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mcsession/mcsession/codec"
 	"github.com/mcsession/mcsession/httpsession"
 	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
@@ -124,6 +125,16 @@ type Config struct {
 	// the backup copy in non-sticky mode, the whole write in sticky mode.
 	// Default false.
 	AsyncBackup bool
+	// Encryption, when not nil, encrypts sessions at rest
+	// (store.Config.Encryption): every value stored in memcached is sealed
+	// with AES-256-GCM, and one that does not open is a fresh session. Use
+	// codec.ParseKeyRing (the first key seals, every key opens). Default
+	// nil: sessions are stored in clear.
+	Encryption codec.Sealer
+	// AllowPlaintext, with Encryption, also reads sessions stored in clear
+	// (store.Config.AllowPlaintext), while encryption is turned on over
+	// live sessions. Default false: a session in clear is a fresh session.
+	AllowPlaintext bool
 	// TLS, when not nil, connects to memcached with TLS
 	// (replica.Config.TLS): RootCAs verifies the nodes' certificates,
 	// Certificates holds a client certificate for nodes that require one.
@@ -165,6 +176,10 @@ type StatsResponse struct {
 	// Sticky and Async say the mode (Config.Sticky, Config.AsyncBackup).
 	Sticky bool `json:"sticky"`
 	Async  bool `json:"async"`
+	// Encrypted says whether sessions are encrypted at rest
+	// (Config.Encryption); Store.Undecryptable counts the values that did
+	// not open.
+	Encrypted bool `json:"encrypted"`
 	// Store is store.Stats: loads, saves, conflicts, relocations, and the
 	// asynchronous writes (AsyncPending: queued or running now).
 	Store store.Stats `json:"store"`
@@ -206,6 +221,7 @@ type Server struct {
 	h       http.Handler
 	sticky  bool
 	async   bool
+	sealed  bool // Config.Encryption is set
 }
 
 // ParseLocking parses a locking mode as Config.Locking takes it: "all",
@@ -286,6 +302,7 @@ func New(cfg Config) (*Server, error) {
 		Store: store.Config{
 			IdleTimeout: cfg.IdleTimeout, Lifetime: cfg.Lifetime,
 			Sticky: cfg.Sticky, TrustSticky: cfg.StickyTrust, AsyncWrites: cfg.AsyncBackup,
+			Encryption: cfg.Encryption, AllowPlaintext: cfg.AllowPlaintext,
 		},
 	})
 	if err != nil {
@@ -293,7 +310,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	st := m.Store()
 	cluster := st.Cluster()
-	s := &Server{name: cfg.Name, cluster: cluster, st: st, m: m, sticky: cfg.Sticky, async: cfg.AsyncBackup}
+	s := &Server{name: cfg.Name, cluster: cluster, st: st, m: m, sticky: cfg.Sticky, async: cfg.AsyncBackup, sealed: cfg.Encryption != nil}
 
 	static, err := fs.Sub(staticFiles, "static")
 	if err != nil {
@@ -510,7 +527,7 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(StatsResponse{
-		Instance: s.name, Sticky: s.sticky, Async: s.async,
+		Instance: s.name, Sticky: s.sticky, Async: s.async, Encrypted: s.sealed,
 		Store: s.st.Stats(), Cache: s.st.CacheStats(), Manager: s.m.Stats(),
 		Lock: s.st.LockStats(), Pools: s.cluster.PoolStats(),
 	})
