@@ -482,3 +482,48 @@ func ExampleConfig_codec() {
 	// float64 map[size:14 theme:dark]
 	// true true
 }
+
+// Encryption at rest: every copy of the session in memcached is sealed
+// with AES-256-GCM. To rotate keys, put a new key first and keep the old
+// one second until the sessions it sealed have expired: no one is logged
+// out. A store without the old key finds those sessions no more.
+func ExampleConfig_encryption() {
+	// In production: keys from a secret store, e.g. "openssl rand -hex 32".
+	oldKey := strings.Repeat("a1", 32)
+	newKey := strings.Repeat("b2", 32)
+	ring, err := codec.ParseKeyRing(oldKey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	st := openStore(store.Config{Encryption: ring})
+	defer st.Cluster().Close()
+	ctx := context.Background()
+	id := savedSession(st, map[string]any{"card": "4111-1111-1111-1111"})
+
+	// Rotation, step 2: the new key seals, the old one still opens.
+	rotated, err := codec.ParseKeyRing(newKey + "," + oldKey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	st2 := openStore(store.Config{Encryption: rotated})
+	defer st2.Cluster().Close()
+	s, err := st2.Load(ctx, id)
+	if err != nil {
+		log.Fatal(err)
+	}
+	card, _, _ := store.Get[string](s, "card")
+	fmt.Println(card)
+
+	// The old key removed too early: that session is not found (counted).
+	onlyNew, err := codec.ParseKeyRing(newKey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	st3 := openStore(store.Config{Encryption: onlyNew})
+	defer st3.Cluster().Close()
+	_, err = st3.Load(ctx, id)
+	fmt.Println(errors.Is(err, store.ErrNotFound), errors.Is(err, codec.ErrUnknownKey), st3.Stats().Undecryptable)
+	// Output:
+	// 4111-1111-1111-1111
+	// true true 1
+}
