@@ -78,7 +78,8 @@ type Sealer interface {
 // 800-38D): rotate the first key well before (at a thousand saves a
 // second, 2^32 saves take 50 days).
 //
-// A KeyRing is immutable and safe for concurrent use.
+// Create one with NewKeyRing or ParseKeyRing: the zero KeyRing has no key
+// and refuses to seal. A KeyRing is immutable and safe for concurrent use.
 type KeyRing struct {
 	keys []ringKey
 	// nonce fills a nonce; crypto/rand except in this package's tests.
@@ -167,12 +168,19 @@ func (r *KeyRing) KeyIDs() []string {
 // the header (magic byte 0xE5, sealed format 1, key id, nonce) followed by
 // the ciphertext and its tag, SealOverhead bytes longer than plaintext.
 func (r *KeyRing) Seal(aad, plaintext []byte) ([]byte, error) {
+	if len(r.keys) == 0 {
+		return nil, fmt.Errorf("%w: no key (use NewKeyRing)", ErrInvalidKey)
+	}
 	k := &r.keys[0]
 	out := make([]byte, sealHeaderLen, sealHeaderLen+len(plaintext)+tagSize)
 	out[0], out[1] = sealMagic, sealVersion
 	copy(out[2:], k.id[:])
 	nonce := out[2+keyIDSize : sealHeaderLen]
-	if err := r.nonce(nonce); err != nil {
+	fill := r.nonce
+	if fill == nil {
+		fill = randomNonce
+	}
+	if err := fill(nonce); err != nil {
 		return nil, fmt.Errorf("codec: seal: nonce: %w", err)
 	}
 	return k.aead.Seal(out, nonce, plaintext, additionalData(out[:sealHeaderLen], aad)), nil

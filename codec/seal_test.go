@@ -198,6 +198,15 @@ func TestKeyRingCopiesKeys(t *testing.T) {
 	require.Equal(t, []byte("x"), got)
 }
 
+func TestZeroKeyRing(t *testing.T) {
+	var r KeyRing
+	_, err := r.Seal(nil, []byte("x"))
+	require.ErrorIs(t, err, ErrInvalidKey)
+	_, err = r.Open(nil, append([]byte{0xe5, 0x01}, make([]byte, 40)...))
+	require.ErrorIs(t, err, ErrUnknownKey)
+	require.Empty(t, r.KeyIDs())
+}
+
 func TestSealNonceFailure(t *testing.T) {
 	ring, err := NewKeyRing(testKey(1))
 	require.NoError(t, err)
