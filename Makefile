@@ -2,6 +2,10 @@
 # `make deps` installs memcached on Debian when it is missing. Every target
 # prints a "==> target: step" line before each of its steps.
 GO ?= go
+# Each module is vetted, tested and built against its own go.mod, as its
+# users get it; the repository's go.work (which lets `go run ./examples/app`
+# and the like work from the root) is for people, not for these targets.
+export GOWORK := off
 # BIN is where `make demo` builds the demo (ignored by git).
 BIN ?= bin
 # DEMO_FLAGS are passed to the demo, e.g. DEMO_FLAGS="-listen 127.0.0.1:8001";

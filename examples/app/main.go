@@ -2,7 +2,7 @@
 // (see package server) whose sessions live in memcached, so that several
 // app processes behind a non-sticky load balancer share them.
 //
-//	cd examples && go run ./app -nodes n1=127.0.0.1:11211,n2=127.0.0.1:11212,n3=127.0.0.1:11213
+//	go run ./examples/app -nodes n1=127.0.0.1:11211,n2=127.0.0.1:11212,n3=127.0.0.1:11213
 //
 // Flags:
 //

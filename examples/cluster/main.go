@@ -9,7 +9,7 @@
 // answers and acknowledged against stored increments, next to every app
 // server's and node's main metrics (see package demo).
 //
-//	cd examples && go run ./cluster [-listen 127.0.0.1:8000] [-nodes 3] [-apps 2] [-locking all]
+//	go run ./examples/cluster [-listen 127.0.0.1:8000] [-nodes 3] [-apps 2] [-locking all]
 //	                          [-sticky [-sticky-trust]] [-async-backup] [-quiet]
 //
 // With -sticky (`make demo ARGS=-sticky`) the apps run in sticky mode and

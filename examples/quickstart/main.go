@@ -1,6 +1,6 @@
 // Command quickstart is the README's quick start: a web server whose
 // sessions live in memcached. Run it with the node list of your memcached
-// servers: MEMCACHED_NODES=n1=127.0.0.1:11211 go run ./quickstart (in examples/)
+// servers: MEMCACHED_NODES=n1=127.0.0.1:11211 go run ./examples/quickstart
 package main
 
 import (
