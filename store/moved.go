@@ -22,17 +22,16 @@ import (
 // server that never saw the outage, given the old cookie, would read that
 // copy, and the change it saves there would be lost although acknowledged.
 //
-// So a relocation writes a marker, key moved:<old id> holding the new id,
-// on every node that may hold the old id's backup copy (every candidate it
+// So a relocation writes a marker, key moved:<old id> holding the new id
+// and the version the session moved at ("-" while the move runs), on every
+// node that may hold the old id's backup copy (every candidate it
 // reaches), and every load of a session reads, in the same round trip as
 // the primary copy, the marker on the node where the session's backup copy
 // is written (Placement's backup: the node a save would use). A marker
-// found means the session moved: the copies that may exist are compared
-// (findBackup: the backup copy and the relocated copies on every
-// candidate) and the newest wins; an older primary copy is deleted with a
-// CAS guard, so it can no longer be read. A save reads the marker too (in
-// the backup write's batch) and answers ErrConflict when the session moved
-// while the request held the old copy.
+// naming a new id means the session lives there (followMoved); the old
+// copy is deleted with a CAS guard, so it can no longer be read. A save
+// reads the marker too, in its backup write's batch, and does not
+// acknowledge a write to a copy that was moved away (savedOverMarker).
 
 // markMoving is the value of a moved marker written before a relocation
 // (see relocate) with add, for movingMarkTTL: the session is being moved,
@@ -77,7 +76,7 @@ func (m marker) String() string {
 // mkey is the key of the moved marker of session id.
 func (st *Store) mkey(id string) string { return st.prefix + "moved:" + id }
 
-// markerRequest reads a moved marker's value (the new id).
+// markerRequest reads a moved marker's value (see parseMarker).
 func markerRequest(key string) meta.Request {
 	return meta.Request{Command: meta.Get, Key: key, ReturnValue: true}
 }
@@ -89,7 +88,7 @@ func (st *Store) markerNode(node string) string { return st.view.BackupOf(node) 
 
 // getPrimary reads the primary copy of id (key on node) and, in the same
 // round trip, the session's moved marker. movedTo is the marker's value
-// (the id the session moved to), "" when there is none. When the marker
+// (see parseMarker), "" when there is none. When the marker
 // node does not answer, the other nodes that got the marker are asked
 // (markerElsewhere).
 func (st *Store) getPrimary(ctx context.Context, id, node, key string) (it ops.Item, movedTo string, err error) {
@@ -118,7 +117,7 @@ func (st *Store) getPrimary(ctx context.Context, id, node, key string) (it ops.I
 }
 
 // marker reads the moved marker of id from the marker node of node (see
-// getPrimary): the id the session moved to, "" when there is none.
+// getPrimary): its value, "" when there is none.
 func (st *Store) marker(ctx context.Context, id, node string) string {
 	mnode := st.markerNode(node)
 	if mnode == "" {
