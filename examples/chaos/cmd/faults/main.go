@@ -26,27 +26,15 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/mcsession/mcsession/examples/chaos"
 )
 
 func main() {
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		<-sigs
-		fmt.Fprintln(os.Stderr, "faults: stopping (killing the app servers and memcached nodes)")
-		cancel()
-		for range sigs {
-			fmt.Fprintln(os.Stderr, "faults: already stopping, please wait")
-		}
-	}()
+	ctx := chaos.InterruptContext("faults", os.Stderr)
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
