@@ -25,16 +25,7 @@ func newStore(t testing.TB, c *mcproc.Cluster, mod func(*store.Config)) *store.S
 	t.Helper()
 	nodes, err := replica.ParseNodes(c.Spec())
 	require.NoError(t, err)
-	cl, err := replica.New(replica.Config{Nodes: nodes, Timeout: 300 * time.Millisecond, OpenTimeout: 500 * time.Millisecond})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = cl.Close() })
-	cfg := store.Config{Cluster: cl}
-	if mod != nil {
-		mod(&cfg)
-	}
-	st, err := store.New(cfg)
-	require.NoError(t, err)
-	return st
+	return storeOn(t, nodes, mod)
 }
 
 // saved creates and saves a session with the given attributes.
