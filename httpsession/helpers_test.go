@@ -37,14 +37,19 @@ var discard = slog.New(slog.DiscardHandler)
 
 // newStore builds a store (with its own cluster client and breakers, as a
 // separate app server would have) over the nodes of spec.
-func newStore(t testing.TB, spec string, lockCfg lock.Config) *store.Store {
+// mod, when given, changes the store's configuration.
+func newStore(t testing.TB, spec string, lockCfg lock.Config, mod ...func(*store.Config)) *store.Store {
 	t.Helper()
 	nodes, err := replica.ParseNodes(spec)
 	require.NoError(t, err)
 	cl, err := replica.New(replica.Config{Nodes: nodes, Timeout: nodeTimeout, OpenTimeout: nodeOpenTimeout, Logger: discard})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cl.Close() })
-	st, err := store.New(store.Config{Cluster: cl, Lock: lockCfg, Logger: discard})
+	cfg := store.Config{Cluster: cl, Lock: lockCfg, Logger: discard}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	st, err := store.New(cfg)
 	require.NoError(t, err)
 	return st
 }
@@ -79,7 +84,10 @@ func newEnv(t *testing.T, nodes int, opts httpsession.Options, adjust func(i int
 		if adjust != nil {
 			adjust(i, &o)
 		}
-		st := newStore(t, mc.Spec(), lock.Config{})
+		// The store is built here: of o.Store, only FenceWindow is used.
+		fences := o.Store.FenceWindow
+		o.Store = store.Config{}
+		st := newStore(t, mc.Spec(), lock.Config{}, func(c *store.Config) { c.FenceWindow = fences })
 		m, err := httpsession.New(st, o)
 		require.NoError(t, err)
 		rec := &recorder{}

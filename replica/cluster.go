@@ -159,6 +159,7 @@ func New(cfg Config) (*Cluster, error) {
 	for _, n := range cfg.Nodes {
 		t.index[n.ID] = len(t.nodes)
 		t.nodes = append(t.nodes, c.newNode(n))
+		t.ids = append(t.ids, n.ID)
 	}
 	c.topo.Store(t)
 	return c, nil
@@ -629,3 +630,4 @@ func (v view) ConnRefused(id string) bool                        { return v.c.co
 func (v view) Draining(id string) bool                           { return v.c.isDraining(id) }
 func (v view) DrainTarget(base string) string                    { return v.c.drainTarget(base) }
 func (v view) OldAddress(id string) (string, bool)               { return v.c.oldAddress(id) }
+func (v view) ActiveNodes() []string                             { return v.c.topo.Load().ids }

@@ -25,6 +25,9 @@ type topology struct {
 	// nodes are the active nodes, in list order: they take new sessions
 	// and backup copies.
 	nodes []*node
+	// ids are the ids of nodes, in order (shared by every caller of
+	// activeIDs: never modified).
+	ids []string
 	// index is each active node's position in nodes.
 	index map[string]int
 	// draining are the nodes removed from the list and still read until
@@ -175,6 +178,7 @@ func (c *Cluster) SetNodes(nodes []Node) (NodeChange, error) {
 		}
 		next.index[n.ID] = len(next.nodes)
 		next.nodes = append(next.nodes, nd)
+		next.ids = append(next.ids, n.ID)
 	}
 	now := time.Now()
 	for i, nd := range old.nodes {
@@ -260,7 +264,7 @@ func (c *Cluster) endDrain(id string, d *drain) error {
 	if old.draining[id] != d || c.closed {
 		return nil
 	}
-	next := &topology{nodes: old.nodes, index: old.index, draining: make(map[string]*drain, len(old.draining))}
+	next := &topology{nodes: old.nodes, ids: old.ids, index: old.index, draining: make(map[string]*drain, len(old.draining))}
 	for k, v := range old.draining {
 		if k != id {
 			next.draining[k] = v

@@ -303,6 +303,13 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 	// waits for the relocation's end (savedOverMarker). No save is
 	// acknowledged on the copy left behind. The marks are removed again
 	// when the relocation does not happen.
+	// Fence the node first (fence.go): loads elsewhere then read the
+	// markers written from here on.
+	if until, ok := s.expiresAt(); !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	} else if err := st.fence(ctx, node, until); err != nil {
+		return nil, err
+	}
 	marks := st.markMovingStart(ctx, id, node)
 	s, from, moved, err = st.findBackup(ctx, id, base, node, bkey)
 	if moved || err != nil {
@@ -333,6 +340,11 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 // with the same or a higher version is a conflict (ErrConflict) rather than
 // the copy to adopt, since s holds changes of its own.
 func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target string, saving bool) error {
+	if until, ok := s.expiresAt(); !ok {
+		return ErrNotFound
+	} else if err := st.fence(ctx, dead, until); err != nil {
+		return err
+	}
 	oldID := s.ID()
 	newID := makeID(base, target)
 	newKey, newBkey, oldBkey := st.key(newID), st.bkey(newID), st.bkey(oldID)

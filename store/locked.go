@@ -55,10 +55,20 @@ func (st *Store) loadLocked(ctx context.Context, id string) (*Session, error) {
 	key := st.key(id)
 	// The moved marker (see moved.go) is read on another node while the
 	// lock is taken, so that it costs no round trip of its own.
-	movedc := make(chan string, 1)
-	go func() { movedc <- st.marker(ctx, id, node) }()
+	// It is not read when markerNotNeeded says so (see getPrimary).
+	var movedc chan string
+	if !st.markerNotNeeded(node) {
+		movedc = make(chan string, 1)
+		go func() { movedc <- st.marker(ctx, id, node) }()
+	}
 	lk, items, err := st.locker.AcquireAndGet(ctx, node, st.lkey(id), key)
-	movedTo := <-movedc
+	movedTo := ""
+	switch {
+	case movedc != nil:
+		movedTo = <-movedc
+	case err == nil && !st.markerNotNeeded(node):
+		movedTo = st.marker(ctx, id, node)
+	}
 	if errors.Is(err, replica.ErrNodeDown) {
 		// Relocate (unlocked), then lock the session where it now lives.
 		s, err := st.load(ctx, id)

@@ -91,7 +91,19 @@ func (st *Store) markerNode(node string) string { return st.view.BackupOf(node) 
 // (see parseMarker), "" when there is none. When the marker
 // node does not answer, the other nodes that got the marker are asked
 // (markerElsewhere).
+//
+// The marker is not read when markerNotNeeded says so (fence.go), before
+// and after the primary copy is read; when only the second check fails
+// (this Store's knowledge of the fences went stale during the read), the
+// marker is read in a round trip of its own.
 func (st *Store) getPrimary(ctx context.Context, id, node, key string) (it ops.Item, movedTo string, err error) {
+	if st.markerNotNeeded(node) {
+		it, err = ops.Get(ctx, st.view, node, key)
+		if err != nil && !errors.Is(err, ops.ErrMiss) || st.markerNotNeeded(node) {
+			return it, "", err
+		}
+		return it, st.marker(ctx, id, node), err
+	}
 	mnode := st.markerNode(node)
 	if mnode == "" {
 		it, err = ops.Get(ctx, st.view, node, key)
@@ -324,7 +336,8 @@ func (st *Store) probe(ctx context.Context, id, node, key string) (cas uint64, m
 	)
 	preq[0] = ops.VersionRequest(key)
 	list := append(batches[:0], ops.Batch{Node: node, Reqs: preq[:], Out: pout[:]})
-	if mnode := st.markerNode(node); mnode != "" {
+	skip := st.markerNotNeeded(node) // see getPrimary
+	if mnode := st.markerNode(node); mnode != "" && !skip {
 		mreq[0] = markerRequest(st.mkey(id))
 		list = append(list, ops.Batch{Node: mnode, Reqs: mreq[:], Out: mout[:]})
 	}
@@ -332,6 +345,9 @@ func (st *Store) probe(ctx context.Context, id, node, key string) (cas uint64, m
 	// A marker node that does not answer leaves the question open: the
 	// copy is treated as possibly stale, and the load reads memcached.
 	moved = len(list) > 1 && (list[1].Err != nil || mout[0].Status == meta.StatusOK)
+	if skip && !st.markerNotNeeded(node) {
+		moved = true // unknown: the load reads memcached (and the marker)
+	}
 	if list[0].Err != nil || pout[0].Status != meta.StatusOK {
 		return 0, moved
 	}

@@ -218,6 +218,23 @@ func (s *Session) exptime() (int32, bool) {
 	return ttl(s.idle, s.deadline, time.Now())
 }
 
+// expiresAt returns when the items of s written now would expire (false
+// for a session past its absolute deadline).
+func (s *Session) expiresAt() (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	d := s.idle
+	if !s.deadline.IsZero() {
+		left := s.deadline.Sub(now)
+		if left <= 0 {
+			return time.Time{}, false
+		}
+		d = min(d, left)
+	}
+	return now.Add(d + time.Second), true
+}
+
 // setID gives s a new id. With previous set, the id it had is remembered
 // as PreviousID (the first one only: the id the client sent).
 func (s *Session) setID(id string, previous bool) {

@@ -25,6 +25,22 @@
 // KeyPrefix+"lock:"+id on the primary (Store.MemcachedKeys). The byte
 // format is specified in docs/FORMAT.md of the repository.
 //
+// # Relocation
+//
+// When a session's primary node does not answer, Load reads the backup
+// copy and relocates the session: it gets the id of the same random part
+// with the backup node's suffix and is written as primary there. The node
+// left behind may only hang and come back with its old copy, so the move
+// writes a moved marker (key KeyPrefix+"moved:"+old id) on the nodes that
+// can hold the old id's backup copy, and a load or save that reaches the
+// old copy follows it to the new id instead of serving or overwriting the
+// old one. Reading a marker costs a command on a second node; a load reads
+// it only for a session whose node is fenced: before the first move off a
+// node, the mover writes a fence (KeyPrefix+"fence:"+node) on the other
+// nodes and waits Config.FenceWindow, and every Store re-reads the fences
+// twice per window while it serves loads. See fence.go and moved.go for
+// why no acknowledged write is lost either way.
+//
 // # Sticky mode
 //
 // Non-sticky (the default) suits any load balancer: every Load reads
@@ -249,6 +265,18 @@ type Config struct {
 	// session in clear. Values are always written sealed.
 	AllowPlaintext bool
 
+	// FenceWindow is how stale a Store's knowledge of the fences may be
+	// (see Relocation in the package doc): a load skips reading the
+	// session's moved marker, a command on a second node, only while the
+	// Store has read every node's fences less than FenceWindow ago and
+	// found none of the session's node. It re-reads them every
+	// FenceWindow/2 while it serves loads, and the first move of a session
+	// off a node waits FenceWindow (plus a tenth) after fencing the node.
+	// Every app server of a cluster must use the same value. Default
+	// DefaultFenceWindow (1 s); a negative value turns fences off, and
+	// every load then reads the marker.
+	FenceWindow time.Duration
+
 	// Logger receives corrupt records, failed backup writes, restores and
 	// relocations. Default: logs are discarded.
 	Logger *slog.Logger
@@ -277,6 +305,7 @@ type Store struct {
 	maxUser    int          // Config.MaxUserSessions
 	sealer     codec.Sealer // Config.Encryption; nil: values in clear
 	allowPlain bool         // Config.AllowPlaintext
+	fences     fences       // Config.FenceWindow and what is known of the fences
 }
 
 // counters are the store's event counts.
@@ -397,6 +426,12 @@ func New(cfg Config) (*Store, error) {
 		idle: cfg.IdleTimeout, life: cfg.Lifetime, maxSize: cfg.MaxSize,
 		locker: locker, log: cfg.Logger, touchEvery: cfg.TouchAfter, refreshed: newRefreshLog(),
 		maxUser: cfg.MaxUserSessions, sealer: cfg.Encryption, allowPlain: cfg.AllowPlaintext,
+	}
+	switch {
+	case cfg.FenceWindow == 0:
+		st.fences.window = DefaultFenceWindow
+	case cfg.FenceWindow > 0:
+		st.fences.window = cfg.FenceWindow
 	}
 	if cfg.Sticky {
 		if cfg.CacheBytes <= 0 {

@@ -51,17 +51,21 @@ func thirdNode(t testing.TB, c *mcproc.Cluster, primary, backup string) string {
 
 // TestRoundTripsPerOperation counts the batches each node's pool sends for
 // the request shapes of an app server: lock and load is one round trip on
-// the primary (and the read of the moved marker on the backup node, at the
-// same time), a save one on the primary and one on the backup node (sent
-// together; the marker read rides in the backup's batch), a release one
-// more on the primary; the third node is never contacted.
+// the primary, a save one on the primary and one on the backup node (sent
+// together; the read of the moved marker rides in the backup's batch), a
+// release one more on the primary; the third node is never contacted.
+// With fences off, a load also reads the moved marker on the backup node,
+// at the same time as the primary; with them on and no node fenced, it
+// does not.
 func TestRoundTripsPerOperation(t *testing.T) {
 	c := mcproc.NewCluster(t, 3)
 	ctx := context.Background()
 
 	// want is the round trips sent to the primary and the backup node, and,
-	// where it tells something, the commands sent to the primary.
-	type want struct{ primary, backup, primaryCommands uint64 }
+	// where it tells something, the commands sent to the primary; markers
+	// are the backup node's round trips that read a moved marker for a
+	// load (spared by fences).
+	type want struct{ primary, backup, primaryCommands, markers uint64 }
 	tests := []struct {
 		name string
 		// prepare returns the session id measured and the operation whose
@@ -75,7 +79,7 @@ func TestRoundTripsPerOperation(t *testing.T) {
 				id := saved(t, st, map[string]any{"n": 1}).ID()
 				return id, func() error { _, err := st.Load(ctx, id); return err }, nil
 			},
-			want: want{primary: 1, backup: 1, primaryCommands: 1},
+			want: want{primary: 1, backup: 1, primaryCommands: 1, markers: 1},
 		},
 		{
 			name: "LoadLocked: lock add and get in one batch on the primary",
@@ -91,7 +95,7 @@ func TestRoundTripsPerOperation(t *testing.T) {
 						require.NoError(t, st.Release(ctx, s))
 					}
 			},
-			want: want{primary: 1, backup: 1, primaryCommands: 2},
+			want: want{primary: 1, backup: 1, primaryCommands: 2, markers: 1},
 		},
 		{
 			name: "SaveAndRelease of a modified session: the save (primary and backup in one round trip), then the release",
@@ -146,30 +150,47 @@ func TestRoundTripsPerOperation(t *testing.T) {
 						require.Equal(t, uint64(3), got.Version())
 					}
 			},
-			want: want{primary: 1 + 2, backup: 1 + 2, primaryCommands: 1 + 2},
+			want: want{primary: 1 + 2, backup: 1 + 2, primaryCommands: 1 + 2, markers: 1},
 		},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			st := newStore(t, c, nil)
-			id, op, cleanup := tt.prepare(t, st)
-			primary, backup, ok := st.Placement(id)
-			require.True(t, ok)
-			third := thirdNode(t, c, primary, backup)
+	for _, fenced := range []bool{true, false} {
+		for _, tt := range tests {
+			name := tt.name + ", fences off"
+			if fenced {
+				name = tt.name + ", fences on"
+			}
+			t.Run(name, func(t *testing.T) {
+				// Fences on: a window this long keeps their background
+				// re-reads out of the counts; they are read once first.
+				window := -time.Second
+				if fenced {
+					window = time.Hour
+				}
+				st := newStore(t, c, func(cfg *store.Config) { cfg.FenceWindow = window })
+				require.NoError(t, st.RefreshFences(ctx))
+				id, op, cleanup := tt.prepare(t, st)
+				primary, backup, ok := st.Placement(id)
+				require.True(t, ok)
+				third := thirdNode(t, c, primary, backup)
+				wantBackup := tt.want.backup
+				if fenced {
+					wantBackup -= tt.want.markers
+				}
 
-			before := wireCounts(st)
-			require.NoError(t, op())
-			got := wireDelta(before, wireCounts(st))
-			require.Equal(t, tt.want.primary, got[primary].RoundTrips, "round trips to the primary %s", primary)
-			require.Equal(t, tt.want.backup, got[backup].RoundTrips, "round trips to the backup %s", backup)
-			if tt.want.primaryCommands != 0 {
-				require.Equal(t, tt.want.primaryCommands, got[primary].Commands, "commands to the primary %s", primary)
-			}
-			require.Equal(t, wireCount{}, got[third], "third node %s", third)
-			if cleanup != nil {
-				cleanup()
-			}
-		})
+				before := wireCounts(st)
+				require.NoError(t, op())
+				got := wireDelta(before, wireCounts(st))
+				require.Equal(t, tt.want.primary, got[primary].RoundTrips, "round trips to the primary %s", primary)
+				require.Equal(t, wantBackup, got[backup].RoundTrips, "round trips to the backup %s", backup)
+				if tt.want.primaryCommands != 0 {
+					require.Equal(t, tt.want.primaryCommands, got[primary].Commands, "commands to the primary %s", primary)
+				}
+				require.Equal(t, wireCount{}, got[third], "third node %s", third)
+				if cleanup != nil {
+					cleanup()
+				}
+			})
+		}
 	}
 }
 
@@ -179,8 +200,10 @@ func TestRoundTripsPerOperation(t *testing.T) {
 // between.
 func TestSecondSaveInARequestIsCASGuarded(t *testing.T) {
 	c := mcproc.NewCluster(t, 3)
-	a, b := newStore(t, c, nil), newStore(t, c, nil)
+	quiet := func(cfg *store.Config) { cfg.FenceWindow = time.Hour } // no fence re-read in the counts
+	a, b := newStore(t, c, quiet), newStore(t, c, quiet)
 	ctx := context.Background()
+	require.NoError(t, a.RefreshFences(ctx))
 	id := saved(t, a, map[string]any{"n": 0}).ID()
 	primary, backup, _ := a.Placement(id)
 

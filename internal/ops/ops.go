@@ -55,6 +55,10 @@ type View interface {
 	// OldAddress returns the node name that reaches the old, draining
 	// address of node id when id is in the list with a new address.
 	OldAddress(id string) (string, bool)
+	// ActiveNodes returns the ids of the node list in order, draining
+	// nodes excluded. The slice is shared and must not be modified; it is
+	// the same slice until the list changes.
+	ActiveNodes() []string
 }
 
 // Batch is one node's batch for View.ExecMany.
