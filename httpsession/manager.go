@@ -241,8 +241,11 @@ func (m *Manager) commitContext(ctx context.Context) (context.Context, context.C
 }
 
 // touchLater refreshes the idle timeout of s in the background, when it
-// is due (store.Config.TouchAfter).
+// is due (store.Config.TouchAfter); when it is not, nothing is started.
 func (m *Manager) touchLater(ctx context.Context, s *store.Session) {
+	if m.st.SkipTouch(s) {
+		return
+	}
 	if !m.bg.start() {
 		return // closed: requests still running after Close refresh nothing
 	}
@@ -250,14 +253,11 @@ func (m *Manager) touchLater(ctx context.Context, s *store.Session) {
 		defer m.bg.done()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.TouchTimeout)
 		defer cancel()
-		touched, err := m.st.TouchIfDue(ctx, s)
-		if err != nil {
+		if err := m.st.Touch(ctx, s); err != nil {
 			m.log.Debug("session idle-timeout refresh failed", "id", s.ID(), "err", err)
 			return
 		}
-		if touched {
-			m.stats.touches.Add(1)
-		}
+		m.stats.touches.Add(1)
 	}()
 }
 

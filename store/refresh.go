@@ -88,17 +88,29 @@ func (st *Store) touchAfter(idle time.Duration) time.Duration {
 // at most that much earlier than a touch would make them, and a read-only
 // request costs no extra memcached command. It reports whether it touched.
 func (st *Store) TouchIfDue(ctx context.Context, s *Session) (bool, error) {
+	if st.SkipTouch(s) {
+		return false, nil
+	}
+	return true, st.Touch(ctx, s)
+}
+
+// SkipTouch reports whether TouchIfDue would skip s now: s is new, or this
+// Store wrote or touched it less than Config.TouchAfter ago. A skip is
+// counted in Stats.TouchesSkipped, as TouchIfDue counts it. Callers that
+// refresh idle timeouts in the background ask first, so that a request
+// whose session needs no refresh starts no background work.
+func (st *Store) SkipTouch(s *Session) bool {
 	s.mu.Lock()
 	id, idle, isNew := s.id, s.idle, s.isNew
 	s.mu.Unlock()
 	if isNew {
-		return false, nil
+		return true
 	}
 	if every := st.touchAfter(idle); every > 0 {
 		if t, ok := st.refreshed.last(id); ok && time.Since(t) < every {
 			st.stats.touchesSkipped.Add(1)
-			return false, nil
+			return true
 		}
 	}
-	return true, st.Touch(ctx, s)
+	return false
 }
