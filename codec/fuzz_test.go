@@ -32,6 +32,14 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte{0x82, 0x02, 0xa0})
 	cs := codecs()
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// The fast decoder accepts only what the CBOR library decodes the
+		// same way.
+		if fast, user, ok := decodeEnvelopeFast(data); ok {
+			lib, libUser, err := decodeEnvelope(data)
+			require.NoError(t, err, "the fast decoder accepted %x", data)
+			require.Equal(t, lib, fast)
+			require.Equal(t, libUser, user)
+		}
 		for _, c := range cs {
 			rec, err := DecodeRecord(c, data)
 			if err != nil {

@@ -188,18 +188,12 @@ func DecodeRecord(c Codec, data []byte) (*Record, error) {
 	if v, ok := peekFormat(data); ok && v != FormatVersion {
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrFormat, v, FormatVersion)
 	}
-	var env envelope
-	var user string
-	if n, ok := arrayLen(data); ok && n == 8 { // with a user
-		var eu envelopeUser
-		if err := envDec.Unmarshal(data, &eu); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	env, user, ok := decodeEnvelopeFast(data)
+	if !ok {
+		var err error
+		if env, user, err = decodeEnvelope(data); err != nil {
+			return nil, err
 		}
-		env = envelope{Format: eu.Format, Codec: eu.Codec, Created: eu.Created, Deadline: eu.Deadline,
-			Idle: eu.Idle, Version: eu.Version, Attrs: eu.Attrs}
-		user = eu.User
-	} else if err := envDec.Unmarshal(data, &env); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
 	if env.Format != FormatVersion { // unreachable after peekFormat; kept as a guard
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrFormat, env.Format, FormatVersion)
@@ -228,6 +222,202 @@ func DecodeRecord(c Codec, data []byte) (*Record, error) {
 	}, nil
 }
 
+// decodeEnvelope decodes an envelope with the CBOR library (see
+// decodeEnvelopeFast for the usual case).
+func decodeEnvelope(data []byte) (envelope, string, error) {
+	var env envelope
+	var user string
+	if n, ok := arrayLen(data); ok && n == 8 { // with a user
+		var eu envelopeUser
+		if err := envDec.Unmarshal(data, &eu); err != nil {
+			return env, "", fmt.Errorf("%w: %v", ErrCorrupt, err)
+		}
+		env = envelope{Format: eu.Format, Codec: eu.Codec, Created: eu.Created, Deadline: eu.Deadline,
+			Idle: eu.Idle, Version: eu.Version, Attrs: eu.Attrs}
+		user = eu.User
+	} else if err := envDec.Unmarshal(data, &env); err != nil {
+		return env, "", fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return env, user, nil
+}
+
+// CBOR major types the envelope uses.
+const (
+	majorUint  = 0
+	majorNeg   = 1
+	majorBytes = 2
+	majorText  = 3
+	majorArray = 4
+	majorMap   = 5
+)
+
+// decodeEnvelopeFast decodes the envelope EncodeRecord writes without the
+// CBOR library's reflection: a definite 7- or 8-item array of the item
+// types of envelope, every head of the shortest form, valid UTF-8 text,
+// no duplicate attribute name and nothing after the array. It returns
+// false for anything else, which decodeEnvelope then decodes (or
+// rejects): so every envelope it accepts, the library accepts with the
+// same result (FuzzDecodeRecord checks that). The attribute names (and
+// the user) share one string, and the values one copy of data, rather
+// than one allocation each.
+func decodeEnvelopeFast(data []byte) (env envelope, user string, ok bool) {
+	d := fastDecoder{data: data}
+	n, ok := d.head(majorArray)
+	if !ok || n != 7 && n != 8 {
+		return env, "", false
+	}
+	if env.Format, ok = d.head(majorUint); !ok {
+		return env, "", false
+	}
+	codecName, ok := d.text()
+	if !ok {
+		return env, "", false
+	}
+	if env.Created, ok = d.int64(); !ok {
+		return env, "", false
+	}
+	if env.Deadline, ok = d.int64(); !ok {
+		return env, "", false
+	}
+	if env.Idle, ok = d.head(majorUint); !ok {
+		return env, "", false
+	}
+	if env.Version, ok = d.head(majorUint); !ok {
+		return env, "", false
+	}
+	pairs, ok := d.head(majorMap)
+	if !ok || pairs > envMaxAttrs {
+		return env, "", false
+	}
+	type span struct{ k0, k1, v0, v1 int }
+	var spansBuf [16]span
+	spans := spansBuf[:0]
+	for range pairs {
+		var sp span
+		if sp.k0, sp.k1, ok = d.textSpan(); !ok {
+			return env, "", false
+		}
+		if sp.v0, sp.v1, ok = d.bytesSpan(); !ok {
+			return env, "", false
+		}
+		spans = append(spans, sp)
+	}
+	var userSpan [2]int
+	if n == 8 {
+		if userSpan[0], userSpan[1], ok = d.textSpan(); !ok {
+			return env, "", false
+		}
+	}
+	if d.pos != len(data) {
+		return env, "", false
+	}
+	// One string holds the names (and the user), one copy of data the values.
+	var namesBuf [256]byte
+	names := namesBuf[:0]
+	for _, sp := range spans {
+		names = append(names, data[sp.k0:sp.k1]...)
+	}
+	names = append(names, data[userSpan[0]:userSpan[1]]...)
+	str, raw := string(names), append([]byte(nil), data...)
+	env.Codec = codecName
+	env.Attrs = make(map[string][]byte, len(spans))
+	at := 0
+	for _, sp := range spans {
+		name := str[at : at+sp.k1-sp.k0]
+		at += sp.k1 - sp.k0
+		if _, dup := env.Attrs[name]; dup {
+			return env, "", false
+		}
+		env.Attrs[name] = raw[sp.v0:sp.v1:sp.v1]
+	}
+	return env, str[at:], true
+}
+
+// fastDecoder reads CBOR items of data from pos (see decodeEnvelopeFast).
+type fastDecoder struct {
+	data []byte
+	pos  int
+}
+
+// head reads a head of the given major type in its shortest form and
+// returns its argument.
+func (d *fastDecoder) head(major byte) (uint64, bool) {
+	if d.pos >= len(d.data) || d.data[d.pos]>>5 != major {
+		return 0, false
+	}
+	info := d.data[d.pos] & 0x1f
+	if info < 24 {
+		d.pos++
+		return uint64(info), true
+	}
+	if info > 27 {
+		return 0, false // reserved, or an indefinite length
+	}
+	size := 1 << (info - 24)
+	if len(d.data)-d.pos-1 < size {
+		return 0, false
+	}
+	var v uint64
+	for _, b := range d.data[d.pos+1 : d.pos+1+size] {
+		v = v<<8 | uint64(b)
+	}
+	// The shortest form only: a longer one goes to the library.
+	if least := [4]uint64{24, 1 << 8, 1 << 16, 1 << 32}[info-24]; v < least {
+		return 0, false
+	}
+	d.pos += 1 + size
+	return v, true
+}
+
+// int64 reads an unsigned or negative integer that fits an int64.
+func (d *fastDecoder) int64() (int64, bool) {
+	if d.pos < len(d.data) && d.data[d.pos]>>5 == majorNeg {
+		v, ok := d.head(majorNeg)
+		if !ok || v > math.MaxInt64 {
+			return 0, false
+		}
+		return -1 - int64(v), true
+	}
+	v, ok := d.head(majorUint)
+	if !ok || v > math.MaxInt64 {
+		return 0, false
+	}
+	return int64(v), true
+}
+
+// span reads a definite string head of the given major type and returns
+// the bounds of its content.
+func (d *fastDecoder) span(major byte) (int, int, bool) {
+	n, ok := d.head(major)
+	if !ok || n > uint64(len(d.data)-d.pos) {
+		return 0, 0, false
+	}
+	start := d.pos
+	d.pos += int(n)
+	return start, d.pos, true
+}
+
+// textSpan reads a text string of valid UTF-8 and returns its bounds.
+func (d *fastDecoder) textSpan() (int, int, bool) {
+	start, end, ok := d.span(majorText)
+	if !ok || !utf8.Valid(d.data[start:end]) {
+		return 0, 0, false
+	}
+	return start, end, true
+}
+
+// text reads a text string of valid UTF-8.
+func (d *fastDecoder) text() (string, bool) {
+	start, end, ok := d.textSpan()
+	if !ok {
+		return "", false
+	}
+	return string(d.data[start:end]), true
+}
+
+// bytesSpan reads a byte string and returns its bounds.
+func (d *fastDecoder) bytesSpan() (int, int, bool) { return d.span(majorBytes) }
+
 // unixMilli returns t as Unix milliseconds, or 0 for the zero time.
 func unixMilli(t time.Time) int64 {
 	if t.IsZero() {
@@ -247,7 +437,6 @@ func fromUnixMilli(ms int64) time.Time {
 // peekFormat returns the first item of data if data starts with a CBOR
 // array head followed by an unsigned integer. It reads at most 18 bytes.
 func peekFormat(data []byte) (uint64, bool) {
-	const majorArray, majorUint = 4, 0
 	n, ok := headLen(data, majorArray)
 	if !ok {
 		return 0, false
@@ -272,7 +461,6 @@ func peekFormat(data []byte) (uint64, bool) {
 // arrayLen returns the number of items of the CBOR array data starts
 // with (a definite length, in any head size).
 func arrayLen(data []byte) (uint64, bool) {
-	const majorArray = 4
 	n, ok := headLen(data, majorArray)
 	if !ok || data[0]&0x1f == 31 {
 		return 0, false
