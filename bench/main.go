@@ -53,6 +53,7 @@ type config struct {
 	maxIdle     int
 	out         string
 	cpuprofile  string
+	memprofile  string
 	scenarios   []string
 	impls       []string
 }
@@ -70,6 +71,7 @@ func main() {
 	flag.IntVar(&cfg.maxIdle, "max-idle-conns", 256, "gomemcache MaxIdleConns per node, the same for every implementation")
 	flag.StringVar(&cfg.out, "out", "out", "output directory for results.json, results.md and results.png")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run (servers, client and libraries) to this file")
+	flag.StringVar(&cfg.memprofile, "memprofile", "", "write an allocation profile of the whole run to this file at its end (go tool pprof -sample_index=alloc_space)")
 	flag.StringVar(&scen, "scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios to run")
 	flag.StringVar(&impls, "impls", strings.Join(allImpls, ","), "comma-separated implementations to run; also available: "+strings.Join(extraImpls, ","))
 	flag.Parse()
@@ -196,6 +198,19 @@ func run(ctx context.Context, cfg config) (err error) {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if cfg.memprofile != "" {
+		defer func() {
+			f, err := os.Create(cfg.memprofile)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "bench: memprofile:", err)
+				return
+			}
+			defer f.Close()
+			if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+				fmt.Fprintln(os.Stderr, "bench: memprofile:", err)
+			}
+		}()
 	}
 
 	hc := newHTTPClient()
