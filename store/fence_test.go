@@ -150,3 +150,24 @@ func TestLoadsStopReadingMarkersByThemselves(t *testing.T) {
 		return got[primary] == wireCount{1, 1} && got[backup] == wireCount{}
 	}, 10*time.Second, 20*time.Millisecond)
 }
+
+// TestFencesOnOneNode: a cluster of one node has no fence to read; reading
+// them sends nothing (no failed call that would count against the node's
+// breaker) and loads go on.
+func TestFencesOnOneNode(t *testing.T) {
+	c := mcproc.NewCluster(t, 1)
+	st := newStore(t, c, nil)
+	ctx := context.Background()
+	s := saved(t, st, map[string]any{"n": 1})
+	before := wireCounts(st)
+	require.NoError(t, st.RefreshFences(ctx))
+	require.Equal(t, before, wireCounts(st), "nothing sent")
+	for range 3 {
+		_, err := st.Load(ctx, s.ID())
+		require.NoError(t, err)
+	}
+	for _, ns := range st.Cluster().Status() {
+		require.Zero(t, ns.ConsecutiveFailures, ns.ID)
+		require.Equal(t, "closed", ns.State, ns.ID)
+	}
+}
