@@ -170,6 +170,8 @@ func EncodeRecord(c Codec, r *Record) ([]byte, error) {
 }
 
 // DecodeRecord decodes data written by EncodeRecord with the same codec.
+// It does not keep data; the returned attribute values may share one
+// copy of it (so one value kept alive keeps that copy alive).
 //
 // Malformed, truncated, hostile or foreign bytes return an error wrapping
 // ErrCorrupt; DecodeRecord never panics on any input. An envelope of another

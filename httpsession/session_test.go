@@ -92,9 +92,9 @@ func TestCookieOptions(t *testing.T) {
 // refreshed with touch after the request, never with a rewrite.
 func TestReadOnlyRequestCost(t *testing.T) {
 	t.Parallel()
-	// A window this long keeps the fences' background re-reads out of the
-	// counts below; both stores read them once first.
-	e := newEnv(t, 2, httpsession.Options{Locking: httpsession.LockNone, Store: store.Config{FenceWindow: time.Hour}}, nil)
+	// The longest window keeps the fences' background re-reads (every
+	// half window) out of the counts below; both stores read them first.
+	e := newEnv(t, 2, httpsession.Options{Locking: httpsession.LockNone, Store: store.Config{FenceWindow: store.MaxFenceWindow}}, nil)
 	c := newClient(t)
 	c.ok(e.a, "POST", "/incr?key=k")
 	e.a.m.Wait()

@@ -25,8 +25,8 @@ type topology struct {
 	// nodes are the active nodes, in list order: they take new sessions
 	// and backup copies.
 	nodes []*node
-	// ids are the ids of nodes, in order (shared by every caller of
-	// activeIDs: never modified).
+	// ids are the ids of nodes, in order (shared by every caller of the
+	// ops view's ActiveNodes: never modified).
 	ids []string
 	// index is each active node's position in nodes.
 	index map[string]int

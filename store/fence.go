@@ -43,22 +43,38 @@ import (
 // the same FenceWindow, and durations measured with monotonic clocks (the
 // margin of a tenth covers their drift); a Store whose process pauses
 // mid-load finds its knowledge stale after the read and reads the marker.
-// Like the markers, fences live as long as the sessions whose markers they
-// announce (a fence's deadline is extended, never shortened, with CAS),
-// and what a node loses by restarting empty the others still hold.
+//
+// A fence lives as long as the sessions whose markers it announces: its
+// value is a deadline (Unix seconds), extended, never shortened, with CAS,
+// and a Store counts it until fenceSlack after that deadline (the item's
+// TTL). So a mover that extends a fence it has seen for a whole window
+// moves at once: every Store still counts the fence, by the deadline it
+// saw, for fenceSlack more than any window (FenceWindow is at most
+// MaxFenceWindow), and wall clocks of app servers may differ by that much
+// minus a window. A mover writes the fence on every node it reaches, so a
+// node that restarts empty loses only its copy; a fence that every node
+// holding it lost is written again by the next mover, who then waits.
 
 // DefaultFenceWindow is the default Config.FenceWindow.
 const DefaultFenceWindow = time.Second
 
-// fenceSlack is added to a fence's TTL beyond the life of the sessions
-// it announces (clocks of app servers differ a little).
+// MaxFenceWindow is the largest Config.FenceWindow: well under
+// fenceSlack, which covers the window and the app servers' clock skew.
+const MaxFenceWindow = 10 * time.Second
+
+// fenceSlack is how long after its deadline a fence still counts, and
+// lives in memcached (see the comment at the top of this file).
 const fenceSlack = time.Minute
 
 // fences is a Store's knowledge of the fences in memcached.
 type fences struct {
-	// window is Config.FenceWindow; 0 turns fences off (every load reads
-	// the marker).
+	// window is Config.FenceWindow.
 	window time.Duration
+	// always is Config.AlwaysReadMarkers: loads never skip the marker.
+	always bool
+	// manual stops loads from starting refreshes (RefreshFences only):
+	// set by tests that count commands.
+	manual bool
 	snap   atomic.Pointer[fenceSnap]
 	// refreshing is set while a refresh runs (one at a time).
 	refreshing atomic.Bool
@@ -84,12 +100,13 @@ type fenceSnap struct {
 // fenceInfo is what a Store knows of the fence of one node.
 type fenceInfo struct {
 	// since is the earliest time the fence is known to have been in
-	// memcached without a break; until is its deadline.
+	// memcached without a break; until is its deadline (it counts until
+	// fenceSlack later).
 	since, until time.Time
-	// confirmed is set when the last refresh (or this Store's own write
-	// since) found the fence on a node; a fence only remembered from
-	// earlier still counts as present for loads, but a mover writes it
-	// again.
+	// confirmed is set when the last refresh found the fence on a node
+	// that answered it (or this Store wrote it since); a fence only
+	// remembered (from earlier, or from a node that did not answer now)
+	// still counts for loads, but a mover writes it again and waits.
 	confirmed bool
 }
 
@@ -103,18 +120,18 @@ func (st *Store) fkey(node string) string { return st.prefix + "fence:" + node }
 // also starts a refresh when the last one is half a window old.
 func (st *Store) markerNotNeeded(node string) bool {
 	f := &st.fences
-	if f.window <= 0 {
+	if f.always {
 		return false
 	}
 	sn := f.snap.Load()
 	now := time.Now()
-	if sn == nil || now.Sub(sn.taken) >= f.window/2 {
+	if (sn == nil || now.Sub(sn.taken) >= f.window/2) && !f.manual {
 		st.refreshFences()
 	}
 	if sn == nil {
 		return false
 	}
-	if info, ok := sn.fenced[node]; ok && now.Before(info.until) {
+	if info, ok := sn.fenced[node]; ok && info.counts(now) {
 		return false
 	}
 	nodes := st.view.ActiveNodes()
@@ -148,11 +165,8 @@ func (st *Store) refreshFences() {
 // the background, while it serves loads; call it at start-up so that the
 // first loads need not read moved markers. It returns an error wrapping
 // ErrUnavailable when a node did not answer (what the others answered is
-// kept). With fences off (Config.FenceWindow negative) it does nothing.
+// kept).
 func (st *Store) RefreshFences(ctx context.Context) error {
-	if st.fences.window <= 0 {
-		return nil
-	}
 	return st.readFences(ctx)
 }
 
@@ -183,17 +197,30 @@ func (st *Store) readFences(ctx context.Context) error {
 	old := f.snap.Load()
 	next := &fenceSnap{taken: sent, nodes: nodes, readAt: make([]time.Time, len(nodes)),
 		found: make([][]string, len(nodes)), fenced: map[string]fenceInfo{}}
-	seen := map[string]time.Time{} // fenced node: latest deadline found
+	// seen: fenced node -> latest deadline found; confirmedNow: found by a
+	// node that answered now.
+	seen := map[string]time.Time{}
+	confirmedNow := map[string]bool{}
 	var err error
 	for i, b := range batches {
-		if b.Err != nil {
-			if err == nil {
-				err = fmt.Errorf("%w: reading the fences on %s: %w", ErrUnavailable, b.Node, b.Err)
+		berr := b.Err
+		for k := range b.Out {
+			if berr == nil && b.Out[k].Status != meta.StatusOK && b.Out[k].Status != meta.StatusMiss {
+				berr = fmt.Errorf("fence %s: %w", b.Reqs[k].Key, ops.Answer(&b.Out[k]))
 			}
+		}
+		if berr != nil {
+			if err == nil {
+				err = fmt.Errorf("%w: reading the fences on %s: %w", ErrUnavailable, b.Node, berr)
+			}
+			// Keep what this node said last time (its read time says how
+			// old that is).
 			if j := old.index(b.Node); j >= 0 {
 				next.readAt[i], next.found[i] = old.readAt[j], old.found[j]
 				for _, x := range old.found[j] {
-					seen[x] = later(seen[x], old.fenced[x].until)
+					if prev, ok := old.get(x); ok {
+						seen[x] = later(seen[x], prev.until)
+					}
 				}
 			}
 			continue
@@ -206,18 +233,19 @@ func (st *Store) readFences(ctx context.Context) error {
 			x := fencedNode(b.Reqs[k].Key, st.prefix)
 			next.found[i] = append(next.found[i], x)
 			seen[x] = later(seen[x], fenceDeadline(resp.Value, recv))
+			confirmedNow[x] = true
 		}
 	}
 	for x, until := range seen {
-		info := fenceInfo{since: recv, until: until, confirmed: true}
-		if prev, ok := old.get(x); ok && prev.until.After(recv) {
+		info := fenceInfo{since: recv, until: until, confirmed: confirmedNow[x]}
+		if prev, ok := old.get(x); ok && prev.confirmed && info.confirmed && prev.until.After(recv) {
 			info.since, info.until = prev.since, later(until, prev.until) // present without a break
 		}
 		next.fenced[x] = info
 	}
 	if old != nil {
 		for x, prev := range old.fenced {
-			if _, ok := next.fenced[x]; !ok && prev.until.After(recv) {
+			if _, ok := next.fenced[x]; !ok && prev.counts(recv) {
 				prev.confirmed = false // not found now (a node restarted?): still counts for loads
 				next.fenced[x] = prev
 			}
@@ -240,6 +268,10 @@ func (sn *fenceSnap) index(node string) int {
 	}
 	return -1
 }
+
+// counts reports whether the fence still counts at now: until fenceSlack
+// after its deadline.
+func (info fenceInfo) counts(now time.Time) bool { return now.Before(info.until.Add(fenceSlack)) }
 
 // get returns what sn knows of node's fence (sn may be nil).
 func (sn *fenceSnap) get(node string) (fenceInfo, bool) {
@@ -279,11 +311,12 @@ func later(a, b time.Time) time.Time {
 // with ErrUnavailable when no node took the fence, or ctx ends.
 func (st *Store) fence(ctx context.Context, node string, until time.Time) error {
 	f := &st.fences
-	if f.window <= 0 {
-		return nil
+	sn := f.snap.Load()
+	info, ok := sn.get(node)
+	if nodes := st.view.ActiveNodes(); len(nodes) == 0 || sn == nil || len(sn.nodes) != len(nodes) || &sn.nodes[0] != &nodes[0] {
+		ok = false // known on another node list: write it again
 	}
-	info, ok := f.snap.Load().get(node)
-	if !ok || !info.confirmed || info.until.Before(until) {
+	if !ok || !info.confirmed || !info.until.After(time.Now()) || info.until.Before(until) {
 		since, err := st.writeFence(ctx, node, until)
 		if err != nil {
 			return err
@@ -314,6 +347,8 @@ func (st *Store) noteFence(node string, since, until time.Time) fenceInfo {
 	old := f.snap.Load()
 	info := fenceInfo{since: since, until: until, confirmed: true}
 	if prev, ok := old.get(node); ok && prev.confirmed && prev.until.After(time.Now()) {
+		// Present without a break since prev.since: extended before its
+		// deadline (every Store counts it fenceSlack past that).
 		info.since, info.until = earliest(prev.since, since), later(prev.until, until)
 	}
 	next := &fenceSnap{fenced: make(map[string]fenceInfo, 1)}

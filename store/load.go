@@ -296,6 +296,13 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 	if err != nil {
 		return nil, err
 	}
+	// Fence the node first (fence.go): loads elsewhere then read the
+	// markers written from here on.
+	if until, ok := s.expiresAt(); !ok {
+		return nil, fmt.Errorf("%w: %s: past its absolute lifetime", ErrNotFound, id)
+	} else if err := st.fence(ctx, node, until); err != nil {
+		return nil, err
+	}
 	// Mark the old id as moving before the copy that is moved is final: an
 	// app server that still reaches the old node and saves there either
 	// wrote its backup copy before the mark (then the second read below
@@ -303,13 +310,6 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 	// waits for the relocation's end (savedOverMarker). No save is
 	// acknowledged on the copy left behind. The marks are removed again
 	// when the relocation does not happen.
-	// Fence the node first (fence.go): loads elsewhere then read the
-	// markers written from here on.
-	if until, ok := s.expiresAt(); !ok {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
-	} else if err := st.fence(ctx, node, until); err != nil {
-		return nil, err
-	}
 	marks := st.markMovingStart(ctx, id, node)
 	s, from, moved, err = st.findBackup(ctx, id, base, node, bkey)
 	if moved || err != nil {
@@ -341,7 +341,7 @@ func (st *Store) relocate(ctx context.Context, id, base, node, bkey string, caus
 // the copy to adopt, since s holds changes of its own.
 func (st *Store) moveTo(ctx context.Context, s *Session, base, dead, target string, saving bool) error {
 	if until, ok := s.expiresAt(); !ok {
-		return ErrNotFound
+		return fmt.Errorf("%w: %s: past its absolute lifetime", ErrNotFound, s.ID())
 	} else if err := st.fence(ctx, dead, until); err != nil {
 		return err
 	}

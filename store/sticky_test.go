@@ -57,9 +57,10 @@ func increment(ctx context.Context, st *store.Store, id string) error {
 func TestStickyServesFromTheCache(t *testing.T) {
 	for _, trust := range []bool{false, true} {
 		c := mcproc.NewCluster(t, 2)
-		// A long fence window keeps the fences' re-reads out of the
-		// counts; they are read once first.
-		st := stickyStore(t, c, func(cfg *store.Config) { cfg.TrustSticky, cfg.FenceWindow = trust, time.Hour })
+		// The fences are read once first, and not again during the
+		// counts (ManualFences).
+		st := stickyStore(t, c, func(cfg *store.Config) { cfg.TrustSticky = trust })
+		store.ManualFences(st)
 		ctx := context.Background()
 		require.NoError(t, st.RefreshFences(ctx))
 		s := saved(t, st, map[string]any{"n": 7})

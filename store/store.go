@@ -39,7 +39,9 @@
 // node, the mover writes a fence (KeyPrefix+"fence:"+node) on the other
 // nodes and waits Config.FenceWindow, and every Store re-reads the fences
 // twice per window while it serves loads. See fence.go and moved.go for
-// why no acknowledged write is lost either way.
+// why this serves no copy older than one acknowledged elsewhere, as long
+// as every app server uses the same FenceWindow and a copy of the marker
+// and of the fence survives.
 //
 // # Sticky mode
 //
@@ -273,9 +275,14 @@ type Config struct {
 	// FenceWindow/2 while it serves loads, and the first move of a session
 	// off a node waits FenceWindow (plus a tenth) after fencing the node.
 	// Every app server of a cluster must use the same value. Default
-	// DefaultFenceWindow (1 s); a negative value turns fences off, and
-	// every load then reads the marker.
+	// DefaultFenceWindow (1 s); at most MaxFenceWindow (10 s).
 	FenceWindow time.Duration
+	// AlwaysReadMarkers makes every load read the session's moved marker,
+	// as versions before fences did; moves still fence their node and
+	// wait. Turn it on while a cluster is upgraded from such a version
+	// (its app servers move sessions without fencing), and off once none
+	// runs. Default false.
+	AlwaysReadMarkers bool
 
 	// Logger receives corrupt records, failed backup writes, restores and
 	// relocations. Default: logs are discarded.
@@ -390,6 +397,9 @@ func New(cfg Config) (*Store, error) {
 	if !validPrefix(cfg.KeyPrefix) {
 		return nil, fmt.Errorf("store: key prefix %q must be at most 64 printable ASCII characters without spaces", cfg.KeyPrefix)
 	}
+	if cfg.FenceWindow < 0 || cfg.FenceWindow > MaxFenceWindow {
+		return nil, fmt.Errorf("store: FenceWindow %v out of range (0 for the default %v, at most %v)", cfg.FenceWindow, DefaultFenceWindow, MaxFenceWindow)
+	}
 	if cfg.Codec == nil {
 		cfg.Codec = codec.NewCBOR()
 	}
@@ -427,11 +437,9 @@ func New(cfg Config) (*Store, error) {
 		locker: locker, log: cfg.Logger, touchEvery: cfg.TouchAfter, refreshed: newRefreshLog(),
 		maxUser: cfg.MaxUserSessions, sealer: cfg.Encryption, allowPlain: cfg.AllowPlaintext,
 	}
-	switch {
-	case cfg.FenceWindow == 0:
+	st.fences.window, st.fences.always = cfg.FenceWindow, cfg.AlwaysReadMarkers
+	if st.fences.window == 0 {
 		st.fences.window = DefaultFenceWindow
-	case cfg.FenceWindow > 0:
-		st.fences.window = cfg.FenceWindow
 	}
 	if cfg.Sticky {
 		if cfg.CacheBytes <= 0 {

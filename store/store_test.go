@@ -940,7 +940,8 @@ func TestOldCookieAfterAHangGetsTheMovedCopy(t *testing.T) {
 
 func TestOneSlowAnswerDoesNotSlowLaterLoads(t *testing.T) {
 	c := mcproc.NewCluster(t, 3)
-	st := newStore(t, c, func(cfg *store.Config) { cfg.FenceWindow = time.Hour }) // no fence re-read in the count
+	st := newStore(t, c, nil)
+	store.ManualFences(st) // no fence re-read in the count
 	ctx := context.Background()
 	id := saved(t, st, map[string]any{"k": 1}).ID()
 	n := c.Node(nodeOf(id))

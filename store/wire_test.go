@@ -160,13 +160,10 @@ func TestRoundTripsPerOperation(t *testing.T) {
 				name = tt.name + ", fences on"
 			}
 			t.Run(name, func(t *testing.T) {
-				// Fences on: a window this long keeps their background
-				// re-reads out of the counts; they are read once first.
-				window := -time.Second
-				if fenced {
-					window = time.Hour
-				}
-				st := newStore(t, c, func(cfg *store.Config) { cfg.FenceWindow = window })
+				// Fences are read once first, and not again during the
+				// count (ManualFences).
+				st := newStore(t, c, func(cfg *store.Config) { cfg.AlwaysReadMarkers = !fenced })
+				store.ManualFences(st)
 				require.NoError(t, st.RefreshFences(ctx))
 				id, op, cleanup := tt.prepare(t, st)
 				primary, backup, ok := st.Placement(id)
@@ -200,8 +197,8 @@ func TestRoundTripsPerOperation(t *testing.T) {
 // between.
 func TestSecondSaveInARequestIsCASGuarded(t *testing.T) {
 	c := mcproc.NewCluster(t, 3)
-	quiet := func(cfg *store.Config) { cfg.FenceWindow = time.Hour } // no fence re-read in the counts
-	a, b := newStore(t, c, quiet), newStore(t, c, quiet)
+	a, b := newStore(t, c, nil), newStore(t, c, nil)
+	store.ManualFences(a) // no fence re-read in the counts
 	ctx := context.Background()
 	require.NoError(t, a.RefreshFences(ctx))
 	id := saved(t, a, map[string]any{"n": 0}).ID()
