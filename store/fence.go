@@ -47,8 +47,10 @@ import (
 // A fence lives as long as the sessions whose markers it announces: its
 // value is a deadline (Unix seconds), extended, never shortened, with CAS,
 // and a Store counts it until fenceSlack after that deadline (the item's
-// TTL). So a mover that extends a fence it has seen for a whole window
-// moves at once: every Store still counts the fence, by the deadline it
+// TTL). So a mover that extends a fence its own reads have seen for a
+// whole window (the last of them less than half a window ago, each less
+// than a window after the one before), and that its write found still
+// there, moves at once: every Store still counts the fence, by the deadline it
 // saw, for fenceSlack more than any window (FenceWindow is at most
 // MaxFenceWindow), and wall clocks of app servers may differ by that much
 // minus a window. A mover writes the fence on every node it reaches, so a
@@ -120,15 +122,12 @@ func (st *Store) fkey(node string) string { return st.prefix + "fence:" + node }
 // also starts a refresh when the last one is half a window old.
 func (st *Store) markerNotNeeded(node string) bool {
 	f := &st.fences
-	if f.always {
-		return false
-	}
 	sn := f.snap.Load()
 	now := time.Now()
 	if (sn == nil || now.Sub(sn.taken) >= f.window/2) && !f.manual {
-		st.refreshFences()
+		st.refreshFences() // with AlwaysReadMarkers too: movers use what it finds
 	}
-	if sn == nil {
+	if sn == nil || f.always {
 		return false
 	}
 	if info, ok := sn.fenced[node]; ok && info.counts(now) {
@@ -238,8 +237,10 @@ func (st *Store) readFences(ctx context.Context) error {
 	}
 	for x, until := range seen {
 		info := fenceInfo{since: recv, until: until, confirmed: confirmedNow[x]}
-		if prev, ok := old.get(x); ok && prev.confirmed && info.confirmed && prev.until.After(recv) {
-			info.since, info.until = prev.since, later(until, prev.until) // present without a break
+		if prev, ok := old.get(x); ok && prev.confirmed && info.confirmed && prev.until.After(recv) && sent.Sub(old.taken) <= f.window {
+			// Present without a break (as far as two reads less than a
+			// window apart tell).
+			info.since, info.until = prev.since, later(until, prev.until)
 		}
 		next.fenced[x] = info
 	}
@@ -313,15 +314,20 @@ func (st *Store) fence(ctx context.Context, node string, until time.Time) error 
 	f := &st.fences
 	sn := f.snap.Load()
 	info, ok := sn.get(node)
-	if nodes := st.view.ActiveNodes(); len(nodes) == 0 || sn == nil || len(sn.nodes) != len(nodes) || &sn.nodes[0] != &nodes[0] {
-		ok = false // known on another node list: write it again
-	}
-	if !ok || !info.confirmed || !info.until.After(time.Now()) || info.until.Before(until) {
-		since, err := st.writeFence(ctx, node, until)
+	// What this Store knows counts only when it was read lately (less
+	// than half a window ago) on the node list in use.
+	nodes := st.view.ActiveNodes()
+	fresh := sn != nil && len(nodes) > 0 && len(sn.nodes) == len(nodes) && &sn.nodes[0] == &nodes[0] &&
+		time.Since(sn.taken) < f.window/2
+	known := fresh && ok && info.confirmed && info.until.After(time.Now())
+	if !known || info.until.Before(until) {
+		since, existed, err := st.writeFence(ctx, node, until)
 		if err != nil {
 			return err
 		}
-		info = st.noteFence(node, since, until)
+		// The fence was there without a break since info.since only when
+		// this Store knew it and its write found it there.
+		info = st.noteFence(node, since, until, known && existed)
 	}
 	wait := time.Until(info.since.Add(f.window + f.window/10))
 	if wait <= 0 {
@@ -338,15 +344,16 @@ func (st *Store) fence(ctx context.Context, node string, until time.Time) error 
 	}
 }
 
-// noteFence records that node's fence is in memcached since since (or
-// earlier, when it was known already) until until.
-func (st *Store) noteFence(node string, since, until time.Time) fenceInfo {
+// noteFence records that node's fence is in memcached since since until
+// until; with carry, since the earlier time this Store knew it from (it
+// was extended before its deadline).
+func (st *Store) noteFence(node string, since, until time.Time, carry bool) fenceInfo {
 	f := &st.fences
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	old := f.snap.Load()
 	info := fenceInfo{since: since, until: until, confirmed: true}
-	if prev, ok := old.get(node); ok && prev.confirmed && prev.until.After(time.Now()) {
+	if prev, ok := old.get(node); carry && ok && prev.confirmed && prev.until.After(time.Now()) {
 		// Present without a break since prev.since: extended before its
 		// deadline (every Store counts it fenceSlack past that).
 		info.since, info.until = earliest(prev.since, since), later(prev.until, until)
@@ -370,8 +377,9 @@ var errNoFence = errors.New("no other node took the fence")
 // writeFence writes node's fence with deadline until (or keeps one with a
 // later deadline) on every other healthy node of the list: add where
 // there is none, a CAS-guarded set where there is an earlier one. It
-// returns the earliest time at which a node is known to have held it.
-func (st *Store) writeFence(ctx context.Context, node string, until time.Time) (time.Time, error) {
+// returns the earliest time at which a node is known to have held it,
+// and whether a node had a fence before (existed).
+func (st *Store) writeFence(ctx context.Context, node string, until time.Time) (since time.Time, existed bool, err error) {
 	key := st.fkey(node)
 	value := []byte(strconv.FormatInt(until.Unix(), 10))
 	ttl := replica.Expiration(time.Until(until)+fenceSlack, time.Now())
@@ -381,7 +389,6 @@ func (st *Store) writeFence(ctx context.Context, node string, until time.Time) (
 			targets = append(targets, n)
 		}
 	}
-	var since time.Time
 	var lastErr error
 	for attempt := 0; attempt < 3 && len(targets) > 0; attempt++ {
 		reads := make([]ops.Batch, len(targets))
@@ -397,8 +404,9 @@ func (st *Store) writeFence(ctx context.Context, node string, until time.Time) (
 			case b.Err != nil:
 				lastErr = b.Err
 			case resp.Status == meta.StatusOK && !fenceDeadline(resp.Value, now).Before(until):
-				since = earliest(since, now) // long enough already
+				since, existed = earliest(since, now), true // long enough already
 			case resp.Status == meta.StatusOK:
+				existed = true
 				writes = append(writes, ops.Batch{Node: b.Node, Reqs: []meta.Request{{Command: meta.Set, Key: key, Value: value, TTL: ttl, CAS: resp.CAS}}, Out: make([]meta.Response, 1)})
 			default:
 				writes = append(writes, ops.Batch{Node: b.Node, Reqs: []meta.Request{{Command: meta.Set, Mode: meta.ModeAdd, Key: key, Value: value, TTL: ttl}}, Out: make([]meta.Response, 1)})
@@ -426,10 +434,10 @@ func (st *Store) writeFence(ctx context.Context, node string, until time.Time) (
 		if lastErr == nil {
 			lastErr = errNoFence
 		}
-		return time.Time{}, fmt.Errorf("%w: fencing node %s before moving sessions off it: %w", ErrUnavailable, node, lastErr)
+		return time.Time{}, false, fmt.Errorf("%w: fencing node %s before moving sessions off it: %w", ErrUnavailable, node, lastErr)
 	}
 	st.log.Info("node fenced: loads of its sessions read their moved markers", "node", node, "until", until)
-	return since, nil
+	return since, existed, nil
 }
 
 // earliest returns the earlier of a and b, a zero time counting as none.

@@ -51,7 +51,7 @@ func TestFenceDeadlineIsExtendedNeverShortened(t *testing.T) {
 		{"later deadline: extended", now.Add(time.Hour), now.Add(time.Hour)},
 		{"earlier deadline: kept", now.Add(5 * time.Minute), now.Add(time.Hour)},
 	} {
-		since, err := st.writeFence(ctx, "n1", tt.until)
+		since, _, err := st.writeFence(ctx, "n1", tt.until)
 		require.NoError(t, err, tt.name)
 		require.False(t, since.IsZero(), tt.name)
 		for _, n := range []string{"n2", "n3"} {
@@ -191,4 +191,71 @@ func TestFenceOnlyRememberedIsNotConfirmed(t *testing.T) {
 	require.GreaterOrEqual(t, time.Since(start), DefaultFenceWindow, "the mover waited a whole window")
 	_, err := c.Node("n2").Client().Get(st.fkey("n1"))
 	require.NoError(t, err, "written on n2")
+}
+
+// TestFenceMoverTrustsOnlyFreshKnowledge: a mover moves without waiting
+// only on a fence its own reads found less than half a window ago and its
+// write found still there; a fence it knew but that is gone from memcached
+// (nodes restarted empty) is written again, and it waits a whole window.
+func TestFenceMoverTrustsOnlyFreshKnowledge(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		stale bool          // the mover's last read of the fences is old
+		need  time.Duration // the deadline the move needs, from now
+	}{
+		{"knowledge older than half a window", true, time.Minute},
+		{"fresh knowledge, a longer deadline needed, the fence gone", false, 2 * time.Hour},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := mcproc.NewCluster(t, 3)
+			st := internalStore(t, c.Spec(), time.Second, DefaultFenceWindow)
+			st.fences.manual = true
+			ctx := context.Background()
+			until := time.Now().Add(time.Hour)
+			for _, n := range []string{"n2", "n3"} {
+				require.NoError(t, c.Node(n).Client().Set(&memcache.Item{Key: st.fkey("n1"), Value: []byte(strconv.FormatInt(until.Unix(), 10)), Expiration: 7200}))
+			}
+			// Seen by three reads, each less than a window after the one
+			// before: known without a break since the first, more than a
+			// window ago, and read lately.
+			for i := range 3 {
+				if i > 0 {
+					time.Sleep(DefaultFenceWindow * 6 / 10)
+				}
+				require.NoError(t, st.RefreshFences(ctx))
+			}
+			info, ok := st.fences.snap.Load().get("n1")
+			require.True(t, ok)
+			require.True(t, info.confirmed)
+			require.Less(t, time.Since(info.since), time.Hour)
+			sent := func() (n uint64) {
+				for _, ps := range st.cluster.PoolStats() {
+					n += ps.RoundTrips
+				}
+				return n
+			}
+			before := sent()
+			require.NoError(t, st.fence(ctx, "n1", time.Now().Add(time.Minute)))
+			require.Equal(t, before, sent(), "a fence known well enough: nothing written")
+			info, _ = st.fences.snap.Load().get("n1")
+			require.Negative(t, time.Until(info.since.Add(DefaultFenceWindow*11/10)), "and nothing to wait for")
+
+			// The fence is lost from every node.
+			for _, n := range []string{"n2", "n3"} {
+				require.NoError(t, c.Node(n).Client().Delete(st.fkey("n1")))
+			}
+			if tt.stale {
+				sn := *st.fences.snap.Load()
+				sn.taken = time.Now().Add(-DefaultFenceWindow)
+				st.fences.snap.Store(&sn)
+			}
+			start := time.Now()
+			require.NoError(t, st.fence(ctx, "n1", time.Now().Add(tt.need)))
+			require.GreaterOrEqual(t, time.Since(start), DefaultFenceWindow, "written again, and waited a whole window")
+			for _, n := range []string{"n2", "n3"} {
+				_, err := c.Node(n).Client().Get(st.fkey("n1"))
+				require.NoError(t, err, "the fence is back on %s", n)
+			}
+		})
+	}
 }

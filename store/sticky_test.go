@@ -59,7 +59,7 @@ func TestStickyServesFromTheCache(t *testing.T) {
 		c := mcproc.NewCluster(t, 2)
 		// The fences are read once first, and not again during the
 		// counts (ManualFences).
-		st := stickyStore(t, c, func(cfg *store.Config) { cfg.TrustSticky = trust })
+		st := stickyStore(t, c, func(cfg *store.Config) { cfg.TrustSticky = trust; quietFences(cfg) })
 		store.ManualFences(st)
 		ctx := context.Background()
 		require.NoError(t, st.RefreshFences(ctx))

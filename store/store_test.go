@@ -940,7 +940,7 @@ func TestOldCookieAfterAHangGetsTheMovedCopy(t *testing.T) {
 
 func TestOneSlowAnswerDoesNotSlowLaterLoads(t *testing.T) {
 	c := mcproc.NewCluster(t, 3)
-	st := newStore(t, c, nil)
+	st := newStore(t, c, quietFences)
 	store.ManualFences(st) // no fence re-read in the count
 	ctx := context.Background()
 	id := saved(t, st, map[string]any{"k": 1}).ID()

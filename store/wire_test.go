@@ -162,7 +162,7 @@ func TestRoundTripsPerOperation(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				// Fences are read once first, and not again during the
 				// count (ManualFences).
-				st := newStore(t, c, func(cfg *store.Config) { cfg.AlwaysReadMarkers = !fenced })
+				st := newStore(t, c, func(cfg *store.Config) { cfg.AlwaysReadMarkers, cfg.FenceWindow = !fenced, store.MaxFenceWindow })
 				store.ManualFences(st)
 				require.NoError(t, st.RefreshFences(ctx))
 				id, op, cleanup := tt.prepare(t, st)
@@ -197,7 +197,7 @@ func TestRoundTripsPerOperation(t *testing.T) {
 // between.
 func TestSecondSaveInARequestIsCASGuarded(t *testing.T) {
 	c := mcproc.NewCluster(t, 3)
-	a, b := newStore(t, c, nil), newStore(t, c, nil)
+	a, b := newStore(t, c, quietFences), newStore(t, c, quietFences)
 	store.ManualFences(a) // no fence re-read in the counts
 	ctx := context.Background()
 	require.NoError(t, a.RefreshFences(ctx))
