@@ -50,8 +50,8 @@ import (
 // TTL). So a mover that extends a fence its own reads have seen for a
 // whole window (the last of them less than half a window ago, each less
 // than a window after the one before), and that its write found still
-// there, moves at once: every Store still counts the fence, by the deadline it
-// saw, for fenceSlack more than any window (FenceWindow is at most
+// there, moves at once: every Store still counts the fence, by the
+// deadline it saw, for fenceSlack more than any window (FenceWindow is at most
 // MaxFenceWindow), and wall clocks of app servers may differ by that much
 // minus a window. A mover writes the fence on every node it reaches, so a
 // node that restarts empty loses only its copy; a fence that every node
@@ -94,8 +94,8 @@ type fenceSnap struct {
 	readAt []time.Time
 	// found[i] are the fences the last successful read of nodes[i] found.
 	found [][]string
-	// fenced are the nodes known to be fenced, until their fence's
-	// deadline.
+	// fenced are the nodes known to be fenced, until fenceSlack past
+	// their fence's deadline.
 	fenced map[string]fenceInfo
 }
 
@@ -116,7 +116,7 @@ type fenceInfo struct {
 func (st *Store) fkey(node string) string { return st.prefix + "fence:" + node }
 
 // markerNotNeeded reports whether a load of a session on node may skip
-// its moved marker: fences are on, node is not fenced, and every other
+// its moved marker: AlwaysReadMarkers is off, node is not fenced, and every other
 // node of the list was read less than the window ago (see the comment at
 // the top of this file). Call it after the primary copy was read; it
 // also starts a refresh when the last one is half a window old.
