@@ -68,6 +68,10 @@ const MaxFenceWindow = 10 * time.Second
 // lives in memcached (see the comment at the top of this file).
 const fenceSlack = time.Minute
 
+// fenceHeadroom is how much later than a move needs a fence's deadline is
+// written, so that the moves right after it do not extend it each time.
+const fenceHeadroom = time.Minute
+
 // fences is a Store's knowledge of the fences in memcached.
 type fences struct {
 	// window is Config.FenceWindow.
@@ -110,6 +114,9 @@ type fenceInfo struct {
 	// remembered (from earlier, or from a node that did not answer now)
 	// still counts for loads, but a mover writes it again and waits.
 	confirmed bool
+	// written is when this Store's own write last found or put the fence
+	// in memcached (zero: never): fresh knowledge for its next move.
+	written time.Time
 }
 
 // fkey is the key of node's fence.
@@ -315,12 +322,17 @@ func (st *Store) fence(ctx context.Context, node string, until time.Time) error 
 	sn := f.snap.Load()
 	info, ok := sn.get(node)
 	// What this Store knows counts only when it was read lately (less
-	// than half a window ago) on the node list in use.
+	// than half a window ago) on the node list in use, or written by this
+	// Store lately (less than two windows ago: its own wait included, so
+	// that a relocation's second call, in moveTo, does not fence again).
 	nodes := st.view.ActiveNodes()
 	fresh := sn != nil && len(nodes) > 0 && len(sn.nodes) == len(nodes) && &sn.nodes[0] == &nodes[0] &&
 		time.Since(sn.taken) < f.window/2
-	known := fresh && ok && info.confirmed && info.until.After(time.Now())
+	known := (fresh || time.Since(info.written) < 2*f.window) && ok && info.confirmed && info.until.After(time.Now())
 	if !known || info.until.Before(until) {
+		// A minute more than needed: the moves that follow (whose sessions
+		// expire a little later) need not extend the fence again.
+		until = until.Add(fenceHeadroom)
 		since, existed, err := st.writeFence(ctx, node, until)
 		if err != nil {
 			return err
@@ -352,7 +364,7 @@ func (st *Store) noteFence(node string, since, until time.Time, carry bool) fenc
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	old := f.snap.Load()
-	info := fenceInfo{since: since, until: until, confirmed: true}
+	info := fenceInfo{since: since, until: until, confirmed: true, written: time.Now()}
 	if prev, ok := old.get(node); carry && ok && prev.confirmed && prev.until.After(time.Now()) {
 		// Present without a break since prev.since: extended before its
 		// deadline (every Store counts it fenceSlack past that).

@@ -1,8 +1,12 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -182,4 +186,44 @@ func TestFencesOnOneNode(t *testing.T) {
 		require.Zero(t, ns.ConsecutiveFailures, ns.ID)
 		require.Equal(t, "closed", ns.State, ns.ID)
 	}
+}
+
+// TestRelocationFencesOnce: a relocation by a Store that knows nothing of
+// the fences writes the fence once and waits once (relocate fences the
+// node before its "-" markers, and moveTo finds that fresh).
+func TestRelocationFencesOnce(t *testing.T) {
+	c := mcproc.NewCluster(t, 3)
+	var logs syncBuffer
+	st := newStore(t, c, func(cfg *store.Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	store.ManualFences(st) // nothing known: the move must write the fence
+	ctx := context.Background()
+	s := sessionOn(t, st, "n1", map[string]any{"n": 0})
+	require.NoError(t, c.Node("n1").Pause())
+	moved, err := st.Load(ctx, s.ID())
+	require.NoError(t, err)
+	require.NotEqual(t, s.ID(), moved.ID())
+	require.NoError(t, c.Node("n1").Resume())
+	out := logs.String()
+	require.Equal(t, 1, strings.Count(out, "node fenced"), "%s", out)
+	require.Equal(t, 1, strings.Count(out, "fenced a node before moving sessions off it: waiting"), "%s", out)
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes (log handlers).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
