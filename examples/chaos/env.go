@@ -131,6 +131,47 @@ func (e *Env) Close() error {
 	return errors.Join(errs...)
 }
 
+// Workdir is the temporary directory of a faults or soak run: it holds the
+// example app's binary (always removed) and, unless the run was given a
+// log directory of its own, the app servers' logs (kept when the run
+// failed).
+type Workdir struct {
+	// Dir is the temporary directory; LogDir is where the app servers
+	// log (inside Dir unless given).
+	Dir, LogDir string
+}
+
+// NewWorkdir creates a temporary directory named prefix-* and the log
+// directory logDir ("": Dir/logs). Remove it with Close.
+func NewWorkdir(prefix, logDir string) (*Workdir, error) {
+	dir, err := os.MkdirTemp("", prefix+"-")
+	if err != nil {
+		return nil, err
+	}
+	w := &Workdir{Dir: dir, LogDir: logDir}
+	if w.LogDir == "" {
+		w.LogDir = filepath.Join(dir, "logs")
+	}
+	if err := os.MkdirAll(w.LogDir, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return w, nil
+}
+
+// Build builds the example app into the directory and returns its path.
+func (w *Workdir) Build(ctx context.Context) (string, error) { return BuildApp(ctx, w.Dir) }
+
+// Close removes the directory; with keepLogs, logs inside it stay (the
+// app binary goes).
+func (w *Workdir) Close(keepLogs bool) {
+	if keepLogs && w.LogDir == filepath.Join(w.Dir, "logs") {
+		os.RemoveAll(filepath.Join(w.Dir, "app"))
+		return
+	}
+	os.RemoveAll(w.Dir)
+}
+
 // BuildApp builds the example app into dir, bounded by ctx and by 5
 // minutes. The current directory must be inside the repository.
 func BuildApp(ctx context.Context, dir string) (string, error) {

@@ -68,31 +68,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg.Env.AppArgs = strings.Fields(*appArgs)
-	// tmp holds the app binary (always removed) and, without -logdir, the
-	// app servers' logs (kept when the run fails).
-	tmp, err := os.MkdirTemp("", "mcsession-faults-")
+	// The app binary (always removed) and, without -logdir, the app
+	// servers' logs (kept when the run fails).
+	work, err := chaos.NewWorkdir("mcsession-faults", *logDir)
 	if err != nil {
 		fmt.Fprintln(stderr, "faults:", err)
 		return 2
 	}
 	keepLogs := false
-	defer func() {
-		if keepLogs && *logDir == filepath.Join(tmp, "logs") {
-			os.RemoveAll(filepath.Join(tmp, "app"))
-		} else {
-			os.RemoveAll(tmp)
-		}
-	}()
-	if *logDir == "" {
-		*logDir = filepath.Join(tmp, "logs")
-	}
-	if err := os.MkdirAll(*logDir, 0o755); err != nil {
-		fmt.Fprintln(stderr, "faults:", err)
-		return 2
-	}
+	defer func() { work.Close(keepLogs) }()
+	*logDir = work.LogDir
 	cfg.Env.LogDir = *logDir
 	fmt.Fprintln(stdout, "faults: building the example app")
-	if cfg.Env.Binary, err = chaos.BuildApp(ctx, tmp); err != nil {
+	if cfg.Env.Binary, err = work.Build(ctx); err != nil {
 		fmt.Fprintln(stderr, "faults:", err)
 		return 2
 	}

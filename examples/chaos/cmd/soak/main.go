@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -71,30 +70,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *seed == 0 {
 		*seed = uint64(time.Now().UnixNano())
 	}
-	// tmp holds the app binary (always removed) and, without -logdir, the
-	// app servers' logs (kept when the run fails).
-	tmp, err := os.MkdirTemp("", "mcsession-soak-")
+	// The app binary (always removed) and, without -logdir, the app
+	// servers' logs (kept when the soak fails).
+	work, err := chaos.NewWorkdir("mcsession-soak", *logDir)
 	if err != nil {
 		fmt.Fprintln(stderr, "soak:", err)
 		return 2
 	}
 	keepLogs := false
-	defer func() {
-		if keepLogs && *logDir == filepath.Join(tmp, "logs") {
-			os.RemoveAll(filepath.Join(tmp, "app"))
-		} else {
-			os.RemoveAll(tmp)
-		}
-	}()
-	if *logDir == "" {
-		*logDir = filepath.Join(tmp, "logs")
-	}
-	if err := os.MkdirAll(*logDir, 0o755); err != nil {
-		fmt.Fprintln(stderr, "soak:", err)
-		return 2
-	}
+	defer func() { work.Close(keepLogs) }()
+	*logDir = work.LogDir
 	fmt.Fprintln(stdout, "soak: building the example app")
-	bin, err := chaos.BuildApp(ctx, tmp)
+	bin, err := work.Build(ctx)
 	if err != nil {
 		fmt.Fprintln(stderr, "soak:", err)
 		return 2
