@@ -1,7 +1,6 @@
 package integration_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +17,7 @@ import (
 	"github.com/mcsession/mcsession/httpsession"
 	"github.com/mcsession/mcsession/integration/mcproc"
 	"github.com/mcsession/mcsession/integration/mcproc/certs"
+	"github.com/mcsession/mcsession/internal/syncbuf"
 	"github.com/mcsession/mcsession/replica"
 	"github.com/mcsession/mcsession/store"
 )
@@ -37,31 +36,6 @@ func tlsNodes(t *testing.T, n int, s *certs.Set, server certs.Pair, mutual bool)
 		o.ProbeCertFile, o.ProbeKeyFile = s.Client.CertFile, s.Client.KeyFile
 	}
 	return mcproc.NewClusterWith(t, n, mcproc.Options{TLS: o})
-}
-
-// syncBuffer is a bytes.Buffer for a logger shared by goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines returns the lines that hold s.
-func (b *syncBuffer) lines(s string) []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []string
-	for _, l := range strings.Split(b.buf.String(), "\n") {
-		if strings.Contains(l, s) {
-			out = append(out, l)
-		}
-	}
-	return out
 }
 
 // TestTLSStore saves and loads sessions through a cluster of nodes that
@@ -143,7 +117,7 @@ func TestTLSFailuresAnswer503(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), tlsTestTimeout)
 			defer cancel()
-			logs := &syncBuffer{}
+			logs := &syncbuf.Buffer{}
 			m, err := httpsession.Open(tt.nodes.Spec(), httpsession.Options{
 				Logger:  slog.New(slog.NewTextHandler(logs, nil)),
 				Cluster: replica.Config{TLS: tt.tls, Timeout: time.Second, OpenTimeout: time.Hour},
@@ -194,7 +168,7 @@ func TestTLSFailuresAnswer503(t *testing.T) {
 			require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 
 			// One line per node says why.
-			lines := logs.lines("memcached node failed")
+			lines := logs.Lines("memcached node failed")
 			require.Len(t, lines, 2, "once per node:\n%s", strings.Join(lines, "\n"))
 			for i, l := range lines {
 				require.Contains(t, l, tt.cause)

@@ -1,7 +1,6 @@
 package lock_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"sync"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/mcsession/mcsession/internal/syncbuf"
 	"github.com/mcsession/mcsession/lock"
 )
 
@@ -91,7 +91,7 @@ func TestLocalTimeoutAndContext(t *testing.T) {
 // A lock held for MaxHold is released by itself, counted and logged; the
 // holder's late Release does not release the next holder's lock.
 func TestLocalMaxHold(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	l := lock.NewLocal(lock.Config{MaxHold: 50 * time.Millisecond, WaitTimeout: 10 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	hung, err := l.Acquire(context.Background(), "a")
@@ -115,22 +115,4 @@ func TestLocalMaxHold(t *testing.T) {
 	require.False(t, lk.Lapsed())
 	lk.Release()
 	require.Zero(t, unlimited.Stats().Lapsed)
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mcsession/mcsession/integration/mcproc"
+	"github.com/mcsession/mcsession/internal/syncbuf"
 	"github.com/mcsession/mcsession/latency"
 	"github.com/mcsession/mcsession/lock"
 	"github.com/mcsession/mcsession/replica"
@@ -280,7 +281,7 @@ func TestMaxHold(t *testing.T) {
 	t.Parallel()
 	mc, rc := newCluster(t, 1)
 	ctx := context.Background()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	hung := newLocker(t, rc, lock.Config{TTL: time.Second, MaxHold: 500 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	next := newLocker(t, rc, lock.Config{TTL: time.Second, WaitTimeout: 10 * time.Second})

@@ -1,14 +1,12 @@
 package replica_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,40 +16,16 @@ import (
 	"github.com/mcsession/mcsession/integration/mcproc"
 	"github.com/mcsession/mcsession/integration/mcproc/certs"
 	"github.com/mcsession/mcsession/internal/ops"
+	"github.com/mcsession/mcsession/internal/syncbuf"
 	"github.com/mcsession/mcsession/replica"
 )
-
-// logBuffer collects a logger's text output.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines returns the lines holding s.
-func (b *logBuffer) lines(s string) []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []string
-	for _, l := range strings.Split(b.buf.String(), "\n") {
-		if strings.Contains(l, s) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
 
 const failedMsg = "memcached node failed"
 
 // tlsCluster returns a Cluster over the processes with cfg (Nodes set
 // from them, Timeout 2 s unless set, a logger writing into the returned
 // buffer), closed when the test ends.
-func tlsCluster(t *testing.T, cfg replica.Config, procs ...*mcproc.Process) (*replica.Cluster, *logBuffer) {
+func tlsCluster(t *testing.T, cfg replica.Config, procs ...*mcproc.Process) (*replica.Cluster, *syncbuf.Buffer) {
 	t.Helper()
 	for i, p := range procs {
 		cfg.Nodes = append(cfg.Nodes, replica.Node{ID: "n" + string(rune('1'+i)), Addr: p.Addr()})
@@ -59,7 +33,7 @@ func tlsCluster(t *testing.T, cfg replica.Config, procs ...*mcproc.Process) (*re
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 2 * time.Second
 	}
-	logs := &logBuffer{}
+	logs := &syncbuf.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	cl, err := replica.New(cfg)
 	require.NoError(t, err)
@@ -109,7 +83,7 @@ func TestTLS(t *testing.T) {
 	for _, st := range cl.Status() {
 		require.Equal(t, "closed", st.State)
 	}
-	require.Empty(t, logs.lines(failedMsg))
+	require.Empty(t, logs.Lines(failedMsg))
 
 	// Without the client certificate, n2 refuses the connection.
 	cl, _ = tlsCluster(t, replica.Config{TLS: &tls.Config{RootCAs: s.CA.Pool()}}, p1, p2)
@@ -172,7 +146,7 @@ func TestTLSErrors(t *testing.T) {
 			require.Equal(t, uint64(2), cl.PoolStats()[0].DialErrors)
 
 			// The cause is logged once, at level ERROR.
-			lines := logs.lines(failedMsg)
+			lines := logs.Lines(failedMsg)
 			require.Len(t, lines, 1)
 			require.Contains(t, lines[0], "level=ERROR")
 			require.Contains(t, lines[0], "node=n1")
@@ -199,7 +173,7 @@ func TestPlaintextClientTLSNode(t *testing.T) {
 	require.ErrorIs(t, err, replica.ErrNodeDown)
 	require.ErrorContains(t, err, "as a memcached serving TLS does with a plaintext client")
 	require.Equal(t, "open", cl.Status()[0].State)
-	require.Len(t, logs.lines(failedMsg), 1)
+	require.Len(t, logs.Lines(failedMsg), 1)
 }
 
 // TestFailureLoggedOncePerStreak: a node's failures are logged once until
@@ -214,7 +188,7 @@ func TestFailureLoggedOncePerStreak(t *testing.T) {
 		for range 3 {
 			require.ErrorIs(t, cl.Ping(ctx, "n1"), replica.ErrNodeDown)
 		}
-		lines := logs.lines(failedMsg)
+		lines := logs.Lines(failedMsg)
 		require.Len(t, lines, streak)
 		require.Contains(t, lines[streak-1], "level=WARN")
 		require.Contains(t, lines[streak-1], "connection refused")

@@ -1,12 +1,10 @@
 package store_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mcsession/mcsession/integration/mcproc"
+	"github.com/mcsession/mcsession/internal/syncbuf"
 	"github.com/mcsession/mcsession/store"
 )
 
@@ -193,7 +192,7 @@ func TestFencesOnOneNode(t *testing.T) {
 // node before its "-" markers, and moveTo finds that fresh).
 func TestRelocationFencesOnce(t *testing.T) {
 	c := mcproc.NewCluster(t, 3)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	st := newStore(t, c, func(cfg *store.Config) {
 		cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
@@ -208,22 +207,4 @@ func TestRelocationFencesOnce(t *testing.T) {
 	out := logs.String()
 	require.Equal(t, 1, strings.Count(out, "node fenced"), "%s", out)
 	require.Equal(t, 1, strings.Count(out, "fenced a node before moving sessions off it: waiting"), "%s", out)
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes (log handlers).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

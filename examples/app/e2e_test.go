@@ -18,7 +18,7 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/stretchr/testify/require"
 
-	"github.com/mcsession/mcsession/examples/internal/syncbuf"
+	"github.com/mcsession/mcsession/internal/syncbuf"
 
 	"github.com/mcsession/mcsession/examples/app/server"
 	"github.com/mcsession/mcsession/examples/internal/appproc"

@@ -18,8 +18,8 @@ import (
 
 	"github.com/mcsession/mcsession/examples/app/server"
 	"github.com/mcsession/mcsession/examples/internal/appproc"
-	"github.com/mcsession/mcsession/examples/internal/syncbuf"
 	"github.com/mcsession/mcsession/integration/mcproc"
+	"github.com/mcsession/mcsession/internal/syncbuf"
 )
 
 // spec is the node list of the given nodes of mc.

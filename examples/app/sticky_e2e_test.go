@@ -16,8 +16,8 @@ import (
 
 	"github.com/mcsession/mcsession/examples/app/server"
 	"github.com/mcsession/mcsession/examples/internal/appproc"
-	"github.com/mcsession/mcsession/examples/internal/syncbuf"
 	"github.com/mcsession/mcsession/integration/mcproc"
+	"github.com/mcsession/mcsession/internal/syncbuf"
 )
 
 // These tests run examples/app in sticky mode (-sticky, -sticky-trust,

@@ -19,7 +19,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/mcsession/mcsession/examples/internal/syncbuf"
+	"github.com/mcsession/mcsession/internal/syncbuf"
 
 	"github.com/mcsession/mcsession/examples/cluster/internal/demo"
 	"github.com/mcsession/mcsession/integration/mcproc"

@@ -17,7 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/mcsession/mcsession/examples/internal/syncbuf"
+	"github.com/mcsession/mcsession/internal/syncbuf"
 
 	"github.com/mcsession/mcsession/integration/mcproc"
 )

@@ -1,9 +1,11 @@
 // Package syncbuf has a bytes.Buffer that a child process's output
-// goroutine and a test may use at the same time.
+// goroutine (or a logger shared by goroutines) and a test may use at the
+// same time. It serves the tests of this repository's modules.
 package syncbuf
 
 import (
 	"bytes"
+	"strings"
 	"sync"
 )
 
@@ -27,4 +29,15 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Lines returns the lines written so far that contain s.
+func (b *Buffer) Lines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(b.String(), "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return out
 }

@@ -27,3 +27,11 @@ func TestConcurrentWritesAndReads(t *testing.T) {
 	wg.Wait()
 	require.Equal(t, 400, strings.Count(b.String(), "\n"))
 }
+
+// TestLines returns the lines holding a string, in order.
+func TestLines(t *testing.T) {
+	var b Buffer
+	_, _ = b.Write([]byte("a x\nb\nc x\n"))
+	require.Equal(t, []string{"a x", "c x"}, b.Lines("x"))
+	require.Empty(t, b.Lines("none"))
+}
